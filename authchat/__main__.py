@@ -1,0 +1,3 @@
+from authchat.cli import main
+
+main()
