@@ -1,0 +1,519 @@
+"""The account store: every SQL statement authchat runs lives in this module.
+
+Threading model. A server thread and admin commands in other processes may
+all use one database file at once, so:
+  - WAL mode, so readers never wait for the writer;
+  - one sqlite3 connection per thread (thread-local), autocommit mode, and an
+    explicit `BEGIN IMMEDIATE` for every write, so a transaction takes the
+    write lock before reading and the busy timeout applies (a deferred
+    transaction that upgrades to a write gets SQLITE_BUSY with no wait);
+  - bcrypt never runs inside a transaction: it is slow by design, and the
+    write lock is shared by every process.
+Each account change and its audit row are written in the same transaction,
+so either both are there or neither is.
+
+No sockets, no click, no printing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ensure_private_dir
+from .errors import (
+    AccountDisabled,
+    BadCredentials,
+    NoSuchInvite,
+    NoSuchUser,
+    RegistrationClosed,
+    SchemaError,
+    StoreBusy,
+    UsernameTaken,
+)
+from .passwords import PasswordHasher, PasswordPolicy
+from .usernames import validate_username
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 5000
+BUSY_RETRIES = 3
+ROLES = ("user", "admin")
+_MIGRATION_NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    username: str
+    role: str
+    disabled: bool
+    created_at: str
+    updated_at: str
+    last_login_at: str | None
+
+
+@dataclass(frozen=True)
+class Invite:
+    id: int
+    role: str
+    max_uses: int
+    uses: int
+    expires_at: str | None
+    revoked_at: str | None
+    created_at: str
+    created_by: str
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    ts: str
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any]
+
+
+def migrations_dir() -> Path:
+    """Where the numbered SQL files are.
+
+    An installed package carries them as authchat/migrations (pyproject maps
+    the top-level folder there); a source checkout or an editable install
+    keeps them at the top level of the repository.
+    """
+    packaged = resources.files("authchat") / "migrations"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "migrations"
+
+
+def known_migrations() -> list[Migration]:
+    found = []
+    for path in sorted(migrations_dir().glob("*.sql")):
+        match = _MIGRATION_NAME.fullmatch(path.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], path.read_text("utf-8")))
+    return found
+
+
+class Store:
+    """Accounts, invites and the audit log in one SQLite file."""
+
+    def __init__(self, path: Path, *, hasher: PasswordHasher, policy: PasswordPolicy) -> None:
+        self.path = Path(path)
+        self.hasher = hasher
+        self.policy = policy
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._create_file()
+
+    @classmethod
+    def from_config(cls, config: Config) -> Store:
+        return cls(
+            config.database_path,
+            hasher=PasswordHasher(config.auth.bcrypt_cost),
+            policy=PasswordPolicy(config.auth.min_password_length),
+        )
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    # -- connections and transactions ------------------------------------
+
+    def _create_file(self) -> None:
+        """Create the database file readable by its owner only, before SQLite does."""
+        ensure_private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # check_same_thread=False only so close() may close every thread's
+            # connection; each one is still used by its own thread alone.
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=BUSY_TIMEOUT_MS / 1000)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: commits on success, rolls back on any exception.
+
+        Raises:
+            StoreBusy: the write lock stayed taken through the busy timeout
+                and a few jittered retries; nothing was written.
+        """
+        conn = self.connection()
+        _begin_immediate(conn)
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:  # SQLite may already have rolled back (disk full)
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def pragmas(self) -> dict[str, Any]:
+        conn = self.connection()
+        return {name: conn.execute(f"PRAGMA {name}").fetchone()[0]
+                for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")}
+
+    # -- migrations -------------------------------------------------------
+
+    def schema_version(self) -> int:
+        return _schema_version(self.connection())
+
+    def pending_migrations(self) -> list[Migration]:
+        current = self.schema_version()
+        _refuse_newer(current)
+        return [m for m in known_migrations() if m.version > current]
+
+    def migrate(self) -> list[Migration]:
+        """Apply every pending migration, each in its own transaction.
+
+        Safe to run from several processes at once: each re-reads the version
+        after taking the write lock, so a migration is applied exactly once.
+
+        Raises:
+            SchemaError: the database is newer than this code knows.
+        """
+        applied = []
+        for migration in known_migrations():
+            with self.transaction() as conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
+                             "version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                             "applied_at TEXT NOT NULL)")
+                current = _schema_version(conn)
+                _refuse_newer(current)
+                if migration.version <= current:
+                    continue
+                for statement in _split_statements(migration.sql):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                             (migration.version, migration.name, utc_now()))
+                applied.append(migration)
+                log.info("applied migration %04d_%s", migration.version, migration.name)
+        return applied
+
+    def ensure_schema(self) -> None:
+        """Refuse a database newer than this code, and bring an older one up to date."""
+        _refuse_newer(self.schema_version())
+        if self.pending_migrations():
+            self.migrate()
+
+    # -- users ------------------------------------------------------------
+
+    def create_user(self, username: str, password: str, *, actor: str, role: str = "user",
+                    invite: str | None = None, allow_reserved: bool = False) -> User:
+        """Create an account, redeeming `invite` (which then sets the role) if given.
+
+        Raises:
+            InvalidUsername, InvalidPassword: the name or password breaks the policy.
+            UsernameTaken: the name exists in any letter case.
+            RegistrationClosed: the invite is unknown, used up, expired or revoked.
+        """
+        validate_username(username, allow_reserved=allow_reserved)
+        _check_role(role)
+        self.policy.check(password, username)
+        password_hash = self.hasher.hash(password)  # outside the transaction: slow
+        now = utc_now()
+        with self.transaction() as conn:
+            detail: dict[str, Any] = {}
+            if invite is not None:
+                detail["invite"], role = _redeem_invite(conn, invite, now)
+            try:
+                cursor = conn.execute(
+                    "INSERT INTO users (username, password_hash, role, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?)", (username, password_hash, role, now, now))
+            except sqlite3.IntegrityError:
+                raise UsernameTaken() from None
+            _audit(conn, actor, "user.create", username, {"role": role, **detail})
+            return self._user_by_id(conn, cursor.lastrowid)
+
+    def authenticate(self, username: str, password: str) -> User:
+        """Check a login, spending one bcrypt whether or not the user exists.
+
+        A hash made with an outdated scheme or a lower cost than configured is
+        replaced on success, and the last-login time recorded.
+
+        Raises:
+            BadCredentials: unknown user or wrong password, indistinguishably.
+            AccountDisabled: only after a correct password.
+        """
+        row = None
+        if isinstance(username, str) and len(username) <= 64:
+            row = self.connection().execute(
+                "SELECT id, password_hash, disabled FROM users WHERE username = ?",
+                (username,)).fetchone()
+        if not self.hasher.verify(password, row["password_hash"] if row else None):
+            raise BadCredentials()
+        assert row is not None
+        if row["disabled"]:
+            raise AccountDisabled()
+        new_hash = None
+        if self.hasher.needs_rehash(row["password_hash"]):
+            new_hash = self.hasher.hash(password)
+        now = utc_now()
+        try:
+            return self._record_login(row["id"], row["password_hash"], new_hash, now)
+        except NoSuchUser:  # deleted while we were hashing
+            raise BadCredentials() from None
+
+    def _record_login(self, user_id: int, old_hash: str, new_hash: str | None, now: str) -> User:
+        with self.transaction() as conn:
+            if new_hash is not None:
+                # Only replace the hash we verified: a concurrent `passwd` wins.
+                conn.execute("UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?",
+                             (new_hash, user_id, old_hash))
+            conn.execute("UPDATE users SET last_login_at = ? WHERE id = ?", (now, user_id))
+            return self._user_by_id(conn, user_id)
+
+    def get_user(self, username: str) -> User:
+        row = self.connection().execute(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE username = ?", (username,)).fetchone()
+        if row is None:
+            raise NoSuchUser(f"no such user: {username}")
+        return _user(row)
+
+    def list_users(self) -> list[User]:
+        rows = self.connection().execute(
+            f"SELECT {_USER_COLUMNS} FROM users ORDER BY username COLLATE NOCASE")
+        return [_user(row) for row in rows]
+
+    def password_hash(self, username: str) -> str:
+        """The stored hash, for tests and `db` diagnostics; never logged."""
+        row = self.connection().execute(
+            "SELECT password_hash FROM users WHERE username = ?", (username,)).fetchone()
+        if row is None:
+            raise NoSuchUser(f"no such user: {username}")
+        return str(row["password_hash"])
+
+    def set_password(self, username: str, password: str, *, actor: str) -> User:
+        user = self.get_user(username)
+        self.policy.check(password, user.username)
+        password_hash = self.hasher.hash(password)
+        return self._update_user(username, actor, "user.passwd", {}, password_hash=password_hash)
+
+    def set_role(self, username: str, role: str, *, actor: str) -> User:
+        _check_role(role)
+        return self._update_user(username, actor, "user.role", {"role": role}, role=role)
+
+    def set_disabled(self, username: str, disabled: bool, *, actor: str) -> User:
+        action = "user.disable" if disabled else "user.enable"
+        return self._update_user(username, actor, action, {}, disabled=int(disabled))
+
+    def delete_user(self, username: str, *, actor: str) -> User:
+        with self.transaction() as conn:
+            user = self._user_by_name(conn, username)
+            conn.execute("DELETE FROM users WHERE id = ?", (user.id,))
+            _audit(conn, actor, "user.delete", user.username, {"role": user.role})
+        return user
+
+    def _update_user(self, username: str, actor: str, action: str, detail: dict[str, Any],
+                     **changes: Any) -> User:
+        """Apply `changes` and audit them, or change nothing if the values are already so."""
+        with self.transaction() as conn:
+            before = self._user_by_name(conn, username)
+            assignments = ", ".join(f"{column} = ?" for column in changes)
+            cursor = conn.execute(
+                f"UPDATE users SET {assignments}, updated_at = ? WHERE id = ? AND NOT "
+                f"({' AND '.join(f'{column} IS ?' for column in changes)})",
+                (*changes.values(), utc_now(), before.id, *changes.values()))
+            if cursor.rowcount:
+                _audit(conn, actor, action, before.username, detail)
+            return self._user_by_id(conn, before.id)
+
+    def _user_by_name(self, conn: sqlite3.Connection, username: str) -> User:
+        row = conn.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE username = ?",
+                           (username,)).fetchone()
+        if row is None:
+            raise NoSuchUser(f"no such user: {username}")
+        return _user(row)
+
+    def _user_by_id(self, conn: sqlite3.Connection, user_id: int | None) -> User:
+        row = conn.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,)).fetchone()
+        if row is None:
+            raise NoSuchUser()
+        return _user(row)
+
+    # -- invites ----------------------------------------------------------
+
+    def create_invite(self, *, actor: str, uses: int = 1, expires_in: timedelta | None,
+                      role: str = "user") -> tuple[Invite, str]:
+        """Create an invite; returns it with its token, which is stored only as a hash."""
+        _check_role(role)
+        if uses < 1:
+            raise ValueError("uses must be at least 1")
+        token = secrets.token_urlsafe(24)
+        created = datetime.now(UTC)
+        expires = _iso(created + expires_in) if expires_in is not None else None
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO invites (token_hash, role, max_uses, expires_at, created_at,"
+                " created_by) VALUES (?, ?, ?, ?, ?, ?)",
+                (_token_hash(token), role, uses, expires, _iso(created), actor))
+            invite_id = cursor.lastrowid
+            _audit(conn, actor, "invite.create", f"invite:{invite_id}",
+                   {"role": role, "uses": uses, "expires_at": expires})
+            row = conn.execute(f"SELECT {_INVITE_COLUMNS} FROM invites WHERE id = ?",
+                               (invite_id,)).fetchone()
+        return Invite(**row), token
+
+    def list_invites(self) -> list[Invite]:
+        rows = self.connection().execute(f"SELECT {_INVITE_COLUMNS} FROM invites ORDER BY id")
+        return [Invite(**row) for row in rows]
+
+    def revoke_invite(self, invite_id: int, *, actor: str) -> None:
+        with self.transaction() as conn:
+            cursor = conn.execute("UPDATE invites SET revoked_at = ? WHERE id = ?"
+                                  " AND revoked_at IS NULL", (utc_now(), invite_id))
+            if cursor.rowcount == 0:
+                if conn.execute("SELECT 1 FROM invites WHERE id = ?", (invite_id,)).fetchone():
+                    return  # already revoked: nothing changes, nothing to audit
+                raise NoSuchInvite(f"no such invite: {invite_id}")
+            _audit(conn, actor, "invite.revoke", f"invite:{invite_id}", {})
+
+    # -- audit log --------------------------------------------------------
+
+    def audit_entries(self, limit: int = 50) -> list[AuditEntry]:
+        """The newest `limit` entries, oldest first."""
+        rows = self.connection().execute(
+            "SELECT * FROM (SELECT id, ts, actor, action, target, detail FROM audit_log"
+            " ORDER BY id DESC LIMIT ?) ORDER BY id", (limit,))
+        return [AuditEntry(row["id"], row["ts"], row["actor"], row["action"], row["target"],
+                           json.loads(row["detail"])) for row in rows]
+
+
+_USER_COLUMNS = "id, username, role, disabled, created_at, updated_at, last_login_at"
+_INVITE_COLUMNS = "id, role, max_uses, uses, expires_at, revoked_at, created_at, created_by"
+
+
+def _user(row: sqlite3.Row) -> User:
+    return User(row["id"], row["username"], row["role"], bool(row["disabled"]),
+                row["created_at"], row["updated_at"], row["last_login_at"])
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _redeem_invite(conn: sqlite3.Connection, token: str, now: str) -> tuple[int, str]:
+    """Use up one use of an invite inside the caller's transaction.
+
+    The single conditional UPDATE is what makes redemption atomic: of two
+    concurrent redemptions of a last use, only one matches the WHERE clause.
+    """
+    token_hash = _token_hash(token)
+    cursor = conn.execute(
+        "UPDATE invites SET uses = uses + 1 WHERE token_hash = ? AND revoked_at IS NULL"
+        " AND uses < max_uses AND (expires_at IS NULL OR expires_at > ?)", (token_hash, now))
+    if cursor.rowcount == 0:
+        raise RegistrationClosed("invite is invalid, used up or expired")
+    row = conn.execute("SELECT id, role FROM invites WHERE token_hash = ?", (token_hash,)).fetchone()
+    return row["id"], row["role"]
+
+
+def _audit(conn: sqlite3.Connection, actor: str, action: str, target: str,
+           detail: dict[str, Any]) -> None:
+    conn.execute("INSERT INTO audit_log (ts, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+                 (utc_now(), actor, action, target, json.dumps(detail, sort_keys=True)))
+
+
+def _begin_immediate(conn: sqlite3.Connection) -> None:
+    # The busy timeout already waits for the lock; these retries only cover
+    # the rare case where it runs out under heavy contention.
+    for attempt in range(BUSY_RETRIES + 1):
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+            if attempt == BUSY_RETRIES:
+                raise StoreBusy() from None
+            time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    try:
+        row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return 0
+        raise
+    return int(row[0] or 0)
+
+
+def _refuse_newer(current: int) -> None:
+    known = max((m.version for m in known_migrations()), default=0)
+    if current > known:
+        raise SchemaError(f"database schema version {current} is newer than this authchat "
+                          f"knows ({known}); upgrade authchat instead of downgrading the database")
+
+
+def _split_statements(sql: str) -> Iterator[str]:
+    """Split a migration into statements, because executescript() would COMMIT
+    on its own and break the one-transaction-per-migration rule."""
+    statement = ""
+    for line in sql.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            if statement.strip():
+                yield statement
+            statement = ""
+    if statement.strip() and not _only_comments(statement):
+        raise SchemaError("migration ends with an incomplete SQL statement")
+
+
+def _only_comments(sql: str) -> bool:
+    return all(not line.strip() or line.strip().startswith("--") for line in sql.splitlines())

@@ -1,0 +1,281 @@
+from __future__ import annotations
+
+import sqlite3
+import stat
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from authchat.config import Config, load_config
+from authchat.errors import (
+    AccountDisabled,
+    BadCredentials,
+    InvalidPassword,
+    InvalidUsername,
+    NoSuchInvite,
+    NoSuchUser,
+    RegistrationClosed,
+    SchemaError,
+    UsernameTaken,
+)
+from authchat.store import Store, known_migrations
+
+from conftest import GOOD_PASSWORD, TEST_COST
+
+OTHER_PASSWORD = "an entirely different phrase"
+
+
+def tables(store: Store) -> set[str]:
+    rows = store.connection().execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    return {row[0] for row in rows}
+
+
+def test_migrations_from_empty_and_rerun(config: Config) -> None:
+    store = Store.from_config(config)
+    assert store.schema_version() == 0
+    assert [m.version for m in store.pending_migrations()] == [m.version for m in known_migrations()]
+    applied = store.migrate()
+    assert [m.version for m in applied] == [1]
+    assert {"users", "invites", "audit_log", "schema_migrations"} <= tables(store)
+    assert store.migrate() == []
+    assert store.pending_migrations() == []
+    assert store.schema_version() == 1
+    rows = store.connection().execute("SELECT version, name FROM schema_migrations").fetchall()
+    assert [tuple(r) for r in rows] == [(1, "initial")]
+
+
+def test_concurrent_migrations_apply_once(config: Config) -> None:
+    stores = [Store.from_config(config) for _ in range(4)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(stores))
+
+    def migrate(store: Store) -> None:
+        barrier.wait()
+        try:
+            store.migrate()
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=migrate, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    count = stores[0].connection().execute("SELECT count(*) FROM schema_migrations").fetchone()[0]
+    assert count == 1
+
+
+def test_newer_schema_is_refused(store: Store) -> None:
+    with store.transaction() as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (999, 'future', 'x')")
+    with pytest.raises(SchemaError, match="newer"):
+        store.ensure_schema()
+    with pytest.raises(SchemaError):
+        store.migrate()
+    assert store.schema_version() == 999  # nothing was downgraded
+
+
+def test_files_are_private_and_pragmas_set(config: Config) -> None:
+    store = Store.from_config(config)
+    store.migrate()
+    assert stat.S_IMODE(config.data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(config.database_path.stat().st_mode) == 0o600
+    assert store.pragmas() == {"journal_mode": "wal", "synchronous": 2, "busy_timeout": 5000,
+                               "foreign_keys": 1}
+
+
+def test_usernames_are_unique_case_insensitively(store: Store) -> None:
+    store.create_user("Alice", GOOD_PASSWORD, actor="test")
+    for name in ("alice", "ALICE", "aLiCe"):
+        with pytest.raises(UsernameTaken):
+            store.create_user(name, OTHER_PASSWORD, actor="test")
+    assert store.get_user("ALICE").username == "Alice"  # display form as registered
+    assert store.authenticate("alice", GOOD_PASSWORD).username == "Alice"
+    assert [u.username for u in store.list_users()] == ["Alice"]
+
+
+def test_the_constraint_itself_refuses_case_variants(store: Store) -> None:
+    # Not just a check in Python: the database refuses it too.
+    store.create_user("Alice", GOOD_PASSWORD, actor="test")
+    with pytest.raises(sqlite3.IntegrityError):
+        with store.transaction() as conn:
+            conn.execute("INSERT INTO users (username, password_hash, created_at, updated_at)"
+                         " VALUES ('ALICE', 'x', 'now', 'now')")
+
+
+def test_create_user_validates_before_writing(store: Store) -> None:
+    with pytest.raises(InvalidUsername):
+        store.create_user("al ice", GOOD_PASSWORD, actor="test")
+    with pytest.raises(InvalidUsername, match="reserved"):
+        store.create_user("admin", GOOD_PASSWORD, actor="test")
+    with pytest.raises(InvalidPassword):
+        store.create_user("alice", "short", actor="test")
+    assert store.list_users() == [] and store.audit_entries() == []
+    assert store.create_user("admin", GOOD_PASSWORD, actor="cli", allow_reserved=True).role == "user"
+
+
+def test_password_is_never_stored_in_clear(store: Store, config: Config) -> None:
+    store.create_user("alice", GOOD_PASSWORD, actor="test")
+    assert store.password_hash("alice").startswith("bcrypt-sha256:$2b$04$")
+    store.close()
+    for path in config.data_dir.iterdir():
+        assert GOOD_PASSWORD.encode() not in path.read_bytes()
+
+
+def test_authentication_outcomes(store: Store) -> None:
+    store.create_user("alice", GOOD_PASSWORD, actor="test")
+    user = store.authenticate("alice", GOOD_PASSWORD)
+    assert user.last_login_at is not None
+    with pytest.raises(BadCredentials) as wrong:
+        store.authenticate("alice", OTHER_PASSWORD)
+    with pytest.raises(BadCredentials) as unknown:
+        store.authenticate("nobody", GOOD_PASSWORD)
+    assert (wrong.value.code, str(wrong.value)) == (unknown.value.code, str(unknown.value))
+    store.set_disabled("alice", True, actor="test")
+    with pytest.raises(BadCredentials):  # wrong password says nothing about the account
+        store.authenticate("alice", OTHER_PASSWORD)
+    with pytest.raises(AccountDisabled):  # only after the right one
+        store.authenticate("alice", GOOD_PASSWORD)
+    store.set_disabled("alice", False, actor="test")
+    assert store.authenticate("alice", GOOD_PASSWORD).username == "alice"
+
+
+def test_login_rehashes_a_lower_cost_hash(store: Store, config: Config, tmp_path: Path) -> None:
+    store.create_user("alice", GOOD_PASSWORD, actor="test")
+    old_hash = store.password_hash("alice")
+    stronger = load_config(None, env={"AUTHCHAT_HOME": str(config.data_dir),
+                                      "AUTHCHAT_AUTH_BCRYPT_COST": str(TEST_COST + 1)})
+    upgraded = Store.from_config(stronger)
+    upgraded.authenticate("alice", GOOD_PASSWORD)
+    new_hash = upgraded.password_hash("alice")
+    assert new_hash != old_hash and new_hash.startswith("bcrypt-sha256:$2b$05$")
+    assert store.authenticate("alice", GOOD_PASSWORD)  # still the same password
+    upgraded.authenticate("alice", GOOD_PASSWORD)
+    assert upgraded.password_hash("alice") == new_hash  # no rehash once up to date
+    with pytest.raises(BadCredentials):
+        upgraded.authenticate("alice", OTHER_PASSWORD)
+
+
+def test_every_account_change_is_audited(store: Store) -> None:
+    store.create_user("alice", GOOD_PASSWORD, actor="cli:op")
+    store.set_password("alice", OTHER_PASSWORD, actor="cli:op")
+    store.set_role("alice", "admin", actor="cli:op")
+    store.set_disabled("alice", True, actor="cli:op")
+    store.set_disabled("alice", True, actor="cli:op")  # no change: no row
+    store.set_disabled("alice", False, actor="cli:op")
+    store.delete_user("alice", actor="cli:op")
+    entries = store.audit_entries()
+    assert [(e.actor, e.action, e.target) for e in entries] == [
+        ("cli:op", "user.create", "alice"), ("cli:op", "user.passwd", "alice"),
+        ("cli:op", "user.role", "alice"), ("cli:op", "user.disable", "alice"),
+        ("cli:op", "user.enable", "alice"), ("cli:op", "user.delete", "alice")]
+    assert entries[2].detail == {"role": "admin"}
+    assert all(e.ts.endswith("Z") for e in entries)
+    assert [e.action for e in store.audit_entries(limit=2)] == ["user.enable", "user.delete"]
+
+
+def test_audit_log_is_append_only(store: Store) -> None:
+    store.create_user("alice", GOOD_PASSWORD, actor="test")
+    for statement in ("UPDATE audit_log SET actor = 'x'", "DELETE FROM audit_log"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            with store.transaction() as conn:
+                conn.execute(statement)
+    assert len(store.audit_entries()) == 1
+
+
+def test_changes_to_unknown_users_fail_cleanly(store: Store) -> None:
+    for change in (lambda: store.set_role("ghost", "admin", actor="t"),
+                   lambda: store.set_disabled("ghost", True, actor="t"),
+                   lambda: store.set_password("ghost", GOOD_PASSWORD, actor="t"),
+                   lambda: store.delete_user("ghost", actor="t"),
+                   lambda: store.get_user("ghost")):
+        with pytest.raises(NoSuchUser):
+            change()
+    assert store.audit_entries() == []
+
+
+def test_invites_set_role_and_count_uses(store: Store) -> None:
+    invite, token = store.create_invite(actor="cli:op", uses=2, expires_in=timedelta(days=7),
+                                        role="admin")
+    assert (invite.uses, invite.max_uses, invite.role) == (0, 2, "admin")
+    assert store.create_user("alice", GOOD_PASSWORD, actor="net", invite=token).role == "admin"
+    assert store.create_user("bob", GOOD_PASSWORD, actor="net", invite=token).role == "admin"
+    with pytest.raises(RegistrationClosed):
+        store.create_user("carol", GOOD_PASSWORD, actor="net", invite=token)
+    assert store.list_invites()[0].uses == 2
+    create = [e for e in store.audit_entries() if e.action == "user.create"]
+    assert create[0].detail == {"role": "admin", "invite": invite.id}
+
+
+def test_expired_revoked_and_bogus_invites(store: Store) -> None:
+    _, expired = store.create_invite(actor="t", expires_in=timedelta(seconds=-1))
+    revoked_invite, revoked = store.create_invite(actor="t", expires_in=None)
+    store.revoke_invite(revoked_invite.id, actor="t")
+    for token in (expired, revoked, "not-a-token"):
+        with pytest.raises(RegistrationClosed):
+            store.create_user("alice", GOOD_PASSWORD, actor="net", invite=token)
+    with pytest.raises(NoSuchInvite):
+        store.revoke_invite(999, actor="t")
+    assert store.list_users() == []
+    assert [e.action for e in store.audit_entries()] == [
+        "invite.create", "invite.create", "invite.revoke"]
+
+
+def test_failed_registration_does_not_use_up_the_invite(store: Store) -> None:
+    store.create_user("alice", GOOD_PASSWORD, actor="t")
+    _, token = store.create_invite(actor="t", expires_in=None)
+    with pytest.raises(UsernameTaken):
+        store.create_user("ALICE", GOOD_PASSWORD, actor="net", invite=token)
+    assert store.list_invites()[0].uses == 0
+    store.create_user("bob", GOOD_PASSWORD, actor="net", invite=token)
+
+
+def test_invite_token_is_stored_only_as_a_hash(store: Store, config: Config) -> None:
+    _, token = store.create_invite(actor="t", expires_in=None)
+    store.close()
+    assert token.encode() not in config.database_path.read_bytes()
+
+
+def test_concurrent_redemptions_of_a_single_use_invite(config: Config) -> None:
+    first = Store.from_config(config)
+    first.migrate()
+    _, token = first.create_invite(actor="t", uses=1, expires_in=None)
+    contenders = 8
+    barrier = threading.Barrier(contenders)
+    outcomes: list[str] = []
+
+    def redeem(i: int) -> None:
+        store = Store.from_config(config)  # its own connection, as another process would have
+        barrier.wait()
+        try:
+            store.create_user(f"user{i}", GOOD_PASSWORD, actor="net", invite=token)
+            outcomes.append("ok")
+        except RegistrationClosed:
+            outcomes.append("closed")
+
+    threads = [threading.Thread(target=redeem, args=(i,)) for i in range(contenders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(outcomes) == ["closed"] * (contenders - 1) + ["ok"]
+    assert len(first.list_users()) == 1
+    assert first.list_invites()[0].uses == 1
+
+
+def test_many_threads_writing_at_once(store: Store) -> None:
+    def add(worker: int) -> None:
+        for n in range(25):
+            store.create_user(f"w{worker}n{n}", GOOD_PASSWORD, actor="t")
+            store.set_role(f"w{worker}n{n}", "admin", actor="t")
+
+    threads = [threading.Thread(target=add, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(store.list_users()) == 200
+    assert len(store.audit_entries(limit=1000)) == 400
