@@ -1,0 +1,369 @@
+"""The `authchat` command line: thin click commands over config and store.
+
+Errors are translated here, once: a domain error becomes one `Error: …` line
+on stderr with exit status 1 (2 for bad configuration or a database that
+stayed busy); nothing reaches the user as a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import json
+import logging
+import os
+import re
+import sqlite3
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .config import Config, load_config
+from .errors import AuthchatError, ConfigError, StoreBusy, UsernameTaken
+from .store import Store, User
+from .usernames import validate_username
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CliError(click.ClickException):
+    """An error shown as one line, with the exit status it calls for."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class AuthchatGroup(click.Group):
+    """The top-level group: turns every expected failure into a CliError."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, StoreBusy) as e:
+            raise CliError(str(e), exit_code=2) from None
+        except AuthchatError as e:
+            raise CliError(str(e)) from None
+        except sqlite3.Error as e:
+            raise CliError(f"database error: {e}") from None
+        except OSError as e:
+            where = f": {e.filename}" if e.filename else ""
+            raise CliError(f"{e.strerror or e}{where}") from None
+
+
+@dataclasses.dataclass
+class Settings:
+    """What the group options said; the Config is loaded on first use so that
+    `--help` works even when the configuration is broken."""
+
+    config_file: str | None
+    overrides: dict[str, Any]
+    _config: Config | None = None
+
+    def config(self, **more: Any) -> Config:
+        if self._config is None or more:
+            self._config = load_config(self.config_file, overrides={**self.overrides, **more})
+        return self._config
+
+    def store(self) -> Store:
+        store = Store.from_config(self.config())
+        store.ensure_schema()
+        return store
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+def password_stdin_option(f: F) -> F:
+    return click.option("--password-stdin", is_flag=True,
+                        help="Read the password from the first line of standard input.")(f)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
+
+
+@click.group(cls=AuthchatGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="authchat")
+@click.option("--config", "config_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="TOML configuration file (default: $AUTHCHAT_CONFIG, else none).")
+@click.option("--data-dir", metavar="DIR", help="Data directory (default: $AUTHCHAT_HOME, "
+              "else the platform's user data directory).")
+@click.option("--database", metavar="FILE", help="SQLite database (default: DATA_DIR/authchat.db).")
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None, data_dir: str | None,
+        database: str | None) -> None:
+    """authchat: a self-hosted, authenticated group-chat server."""
+    ctx.obj = Settings(config_file, {"storage.data_dir": data_dir, "storage.database": database})
+
+
+# -- users -----------------------------------------------------------------
+
+@cli.group()
+def users() -> None:
+    """Manage accounts (safe while the server runs)."""
+
+
+@users.command("add")
+@click.argument("username")
+@click.option("--admin", is_flag=True, help="Give the account the admin role.")
+@password_stdin_option
+@pass_settings
+def users_add(settings: Settings, username: str, admin: bool, password_stdin: bool) -> None:
+    """Create an account."""
+    validate_username(username, allow_reserved=True)
+    store = settings.store()
+    if _exists(store, username):  # say so before asking for a password
+        raise UsernameTaken(f"username taken: {username}")
+    password = _read_new_password(password_stdin)
+    user = store.create_user(username, password, role="admin" if admin else "user",
+                             actor=_actor(), allow_reserved=True)
+    click.echo(f"created {user.role} {user.username}")
+
+
+@users.command("list")
+@json_option
+@pass_settings
+def users_list(settings: Settings, as_json: bool) -> None:
+    """List accounts: name, role, status, created, last login."""
+    accounts = settings.store().list_users()
+    if as_json:
+        click.echo(json.dumps([_user_json(u) for u in accounts], indent=2))
+        return
+    rows = [(u.username, u.role, "disabled" if u.disabled else "active", u.created_at,
+             u.last_login_at or "never") for u in accounts]
+    _print_table(("USERNAME", "ROLE", "STATUS", "CREATED", "LAST LOGIN"), rows)
+
+
+@users.command("show")
+@click.argument("username")
+@json_option
+@pass_settings
+def users_show(settings: Settings, username: str, as_json: bool) -> None:
+    """Show one account."""
+    user = settings.store().get_user(username)
+    if as_json:
+        click.echo(json.dumps(_user_json(user), indent=2))
+        return
+    for key, value in _user_json(user).items():
+        click.echo(f"{key + ':':<15}{'never' if value is None else value}")
+
+
+@users.command("passwd")
+@click.argument("username")
+@password_stdin_option
+@pass_settings
+def users_passwd(settings: Settings, username: str, password_stdin: bool) -> None:
+    """Set an account's password."""
+    store = settings.store()
+    user = store.get_user(username)
+    password = _read_new_password(password_stdin)
+    store.set_password(user.username, password, actor=_actor())
+    click.echo(f"password changed for {user.username}")
+
+
+@users.command("role")
+@click.argument("username")
+@click.argument("role", type=click.Choice(["user", "admin"]))
+@pass_settings
+def users_role(settings: Settings, username: str, role: str) -> None:
+    """Make an account a user or an admin."""
+    user = settings.store().set_role(username, role, actor=_actor())
+    click.echo(f"{user.username} is now {user.role}")
+
+
+@users.command("disable")
+@click.argument("username")
+@pass_settings
+def users_disable(settings: Settings, username: str) -> None:
+    """Disable an account: it can no longer log in."""
+    user = settings.store().set_disabled(username, True, actor=_actor())
+    click.echo(f"{user.username} is disabled")
+
+
+@users.command("enable")
+@click.argument("username")
+@pass_settings
+def users_enable(settings: Settings, username: str) -> None:
+    """Enable a disabled account."""
+    user = settings.store().set_disabled(username, False, actor=_actor())
+    click.echo(f"{user.username} is enabled")
+
+
+@users.command("delete")
+@click.argument("username")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_settings
+def users_delete(settings: Settings, username: str, yes: bool) -> None:
+    """Delete an account for good (its audit history stays)."""
+    store = settings.store()
+    user = store.get_user(username)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise CliError("refusing to delete without confirmation; pass --yes")
+        click.confirm(f"Delete {user.username} for good?", abort=True)
+    store.delete_user(user.username, actor=_actor())
+    click.echo(f"deleted {user.username}")
+
+
+@users.command("audit")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000),
+              help="How many of the newest entries to show.")
+@json_option
+@pass_settings
+def users_audit(settings: Settings, limit: int, as_json: bool) -> None:
+    """Show the audit log of account changes, oldest first."""
+    entries = settings.store().audit_entries(limit)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(e) for e in entries], indent=2))
+        return
+    rows = [(e.ts, e.actor, e.action, e.target, json.dumps(e.detail) if e.detail else "")
+            for e in entries]
+    _print_table(("TIME", "ACTOR", "ACTION", "TARGET", "DETAIL"), rows)
+
+
+# -- invites ---------------------------------------------------------------
+
+@cli.group()
+def invites() -> None:
+    """Manage registration invites (for registration = "invite")."""
+
+
+@invites.command("create")
+@click.option("--uses", default=1, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="How many registrations the invite allows.")
+@click.option("--expires", default="7d", show_default=True, metavar="DURATION",
+              help="Lifetime: a number with s, m, h, d or w, or 'never'.")
+@click.option("--role", default="user", show_default=True, type=click.Choice(["user", "admin"]),
+              help="Role of accounts registered with it.")
+@pass_settings
+def invites_create(settings: Settings, uses: int, expires: str, role: str) -> None:
+    """Create an invite and print its token (shown only this once)."""
+    lifetime = _parse_duration(expires)
+    _invite, token = settings.store().create_invite(actor=_actor(), uses=uses,
+                                                    expires_in=lifetime, role=role)
+    click.echo(token)
+
+
+@invites.command("list")
+@json_option
+@pass_settings
+def invites_list(settings: Settings, as_json: bool) -> None:
+    """List invites (tokens are not stored, so not shown)."""
+    found = settings.store().list_invites()
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(i) for i in found], indent=2))
+        return
+    rows = [(str(i.id), i.role, f"{i.uses}/{i.max_uses}", i.expires_at or "never",
+             "revoked" if i.revoked_at else "", i.created_by) for i in found]
+    _print_table(("ID", "ROLE", "USED", "EXPIRES", "REVOKED", "CREATED BY"), rows)
+
+
+@invites.command("revoke")
+@click.argument("invite_id", metavar="ID", type=int)
+@pass_settings
+def invites_revoke(settings: Settings, invite_id: int) -> None:
+    """Revoke an invite so it can no longer be used."""
+    settings.store().revoke_invite(invite_id, actor=_actor())
+    click.echo(f"invite {invite_id} revoked")
+
+
+# -- db --------------------------------------------------------------------
+
+@cli.group()
+def db() -> None:
+    """Inspect and migrate the database."""
+
+
+@db.command("migrate")
+@pass_settings
+def db_migrate(settings: Settings) -> None:
+    """Apply pending schema migrations."""
+    store = Store.from_config(settings.config())
+    applied = store.migrate()
+    for migration in applied:
+        click.echo(f"applied {migration.version:04d}_{migration.name}")
+    click.echo(f"schema version {store.schema_version()}")
+
+
+@db.command("status")
+@pass_settings
+def db_status(settings: Settings) -> None:
+    """Show the database path, schema version and settings."""
+    store = Store.from_config(settings.config())
+    click.echo(f"database:       {store.path}")
+    click.echo(f"schema version: {store.schema_version()}")
+    pending = store.pending_migrations()
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
+    click.echo(f"pending:        {names or 'none'}")
+    for name, value in store.pragmas().items():
+        click.echo(f"{name + ':':<16}{value}")
+
+
+# -- helpers ---------------------------------------------------------------
+
+def _actor() -> str:
+    """Who the audit log says made a change from the command line."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry, as in some containers
+        name = f"uid {os.getuid()}"
+    return f"cli:{name}"
+
+
+def _exists(store: Store, username: str) -> bool:
+    try:
+        store.get_user(username)
+    except AuthchatError:
+        return False
+    return True
+
+
+def _read_new_password(from_stdin: bool) -> str:
+    if from_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            raise CliError("no password on standard input")
+        return line.rstrip("\r\n")  # spaces are part of the password
+    if not sys.stdin.isatty():
+        raise CliError("no terminal to ask for the password on; use --password-stdin")
+    password: str = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def _parse_duration(text: str) -> timedelta | None:
+    if text.strip().lower() == "never":
+        return None
+    match = _DURATION.fullmatch(text.strip())
+    if not match or int(match[1]) == 0:
+        raise click.BadParameter(f"{text!r} is not a duration like 30m, 12h, 7d or never",
+                                 param_hint="'--expires'")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+def _user_json(user: User) -> dict[str, Any]:
+    return {"username": user.username, "role": user.role, "disabled": user.disabled,
+            "created_at": user.created_at, "updated_at": user.updated_at,
+            "last_login_at": user.last_login_at}
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    for row in (header, *rows):
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def main() -> None:
+    """The `authchat` console script."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cli(prog_name="authchat")

@@ -1,0 +1,269 @@
+"""The admin CLI, run as real processes against a real database file."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from authchat.config import load_config
+from authchat.store import Store
+
+from conftest import GOOD_PASSWORD, TEST_COST, Runner, assert_one_line_error, cli_env
+
+OTHER_PASSWORD = "an entirely different phrase"
+
+
+def add(run_cli: Runner, name: str, *flags: str, password: str = GOOD_PASSWORD) -> None:
+    run_cli("users", "add", name, "--password-stdin", *flags, input=password + "\n", check=True)
+
+
+def open_store(home: Path) -> Store:
+    env = {"AUTHCHAT_HOME": str(home), "AUTHCHAT_AUTH_BCRYPT_COST": str(TEST_COST)}
+    return Store.from_config(load_config(None, env=env))
+
+
+def users_json(run_cli: Runner) -> list[dict[str, object]]:
+    return json.loads(run_cli("users", "list", "--json", check=True).stdout)
+
+
+# -- help and version --------------------------------------------------------
+
+COMMANDS = [
+    [], ["users"], ["users", "add"], ["users", "list"], ["users", "show"], ["users", "passwd"],
+    ["users", "role"], ["users", "disable"], ["users", "enable"], ["users", "delete"],
+    ["users", "audit"], ["invites"], ["invites", "create"], ["invites", "list"],
+    ["invites", "revoke"], ["db"], ["db", "migrate"], ["db", "status"],
+]
+
+
+def test_version(run_cli: Runner) -> None:
+    from authchat import __version__
+
+    result = run_cli("--version", check=True)
+    assert result.stdout.strip() == f"authchat, version {__version__}"
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "authchat")
+def test_help_on_every_command(run_cli: Runner, command: list[str]) -> None:
+    result = run_cli(*command, "--help", check=True)
+    assert result.stdout.startswith("Usage: authchat")
+    # a one-line description of the command itself follows the usage line
+    description = result.stdout.split("\n\n")[1].strip()
+    assert description and "\n" not in description, result.stdout
+
+
+def test_group_help_lists_subcommands_with_descriptions(run_cli: Runner) -> None:
+    out = run_cli("users", "--help", check=True).stdout
+    for name in ("add", "list", "show", "passwd", "role", "disable", "enable", "delete", "audit"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(name + " "))
+        assert len(line.split(None, 1)) == 2, line
+
+
+# -- users -------------------------------------------------------------------
+
+def test_users_add_list_show(run_cli: Runner, home: Path) -> None:
+    result = run_cli("users", "add", "Alice", "--password-stdin", input=GOOD_PASSWORD + "\n")
+    assert (result.returncode, result.stdout) == (0, "created user Alice\n")
+    add(run_cli, "root", "--admin")  # reserved names are the operator's to give
+    listed = users_json(run_cli)
+    assert [(u["username"], u["role"], u["disabled"]) for u in listed] == [
+        ("Alice", "user", False), ("root", "admin", False)]
+    table = run_cli("users", "list", check=True).stdout.splitlines()
+    assert table[0].split() == ["USERNAME", "ROLE", "STATUS", "CREATED", "LAST", "LOGIN"]
+    assert table[1].split()[:3] == ["Alice", "user", "active"]
+    assert table[1].split()[-1] == "never"
+    shown = json.loads(run_cli("users", "show", "alice", "--json", check=True).stdout)
+    assert shown["username"] == "Alice" and shown["last_login_at"] is None
+    assert "role:          user" in run_cli("users", "show", "ALICE", check=True).stdout
+    assert open_store(home).authenticate("alice", GOOD_PASSWORD).username == "Alice"
+
+
+def test_users_add_errors(run_cli: Runner) -> None:
+    add(run_cli, "Alice")
+    assert_one_line_error(
+        run_cli("users", "add", "alice", "--password-stdin", input=OTHER_PASSWORD + "\n"),
+        1, "username taken: alice")
+    assert_one_line_error(
+        run_cli("users", "add", "bob", "--password-stdin", input="short\n"),
+        1, "password must be at least 15 characters")
+    assert_one_line_error(
+        run_cli("users", "add", "bob", "--password-stdin", input="bob is my name and more\n"),
+        1, "must not contain the username")
+    assert_one_line_error(
+        run_cli("users", "add", "b ob", "--password-stdin", input=GOOD_PASSWORD + "\n"),
+        1, "invalid username")
+    assert_one_line_error(run_cli("users", "add", "bob"), 1, "use --password-stdin")
+    assert_one_line_error(run_cli("users", "add", "bob", "--password-stdin", input=""),
+                          1, "no password on standard input")
+    result = run_cli("users", "add", "bob", "--password", "x")
+    assert result.returncode == 2 and "No such option" in result.stderr
+    assert [u["username"] for u in users_json(run_cli)] == ["Alice"]
+
+
+def test_password_from_stdin_keeps_its_spaces(run_cli: Runner, home: Path) -> None:
+    add(run_cli, "alice", password="  spaces around the words  ")
+    store = open_store(home)
+    assert store.authenticate("alice", "  spaces around the words  ")
+    with pytest.raises(Exception):
+        store.authenticate("alice", "spaces around the words")
+
+
+def test_users_passwd(run_cli: Runner, home: Path) -> None:
+    add(run_cli, "alice")
+    result = run_cli("users", "passwd", "ALICE", "--password-stdin", input=OTHER_PASSWORD + "\n")
+    assert (result.returncode, result.stdout) == (0, "password changed for alice\n")
+    assert open_store(home).authenticate("alice", OTHER_PASSWORD)
+    assert_one_line_error(
+        run_cli("users", "passwd", "ghost", "--password-stdin", input=OTHER_PASSWORD + "\n"),
+        1, "no such user: ghost")
+    assert_one_line_error(
+        run_cli("users", "passwd", "alice", "--password-stdin", input="tiny\n"), 1, "at least 15")
+    assert open_store(home).authenticate("alice", OTHER_PASSWORD)
+
+
+def test_users_role_disable_enable(run_cli: Runner, home: Path) -> None:
+    add(run_cli, "alice")
+    assert run_cli("users", "role", "alice", "admin", check=True).stdout == "alice is now admin\n"
+    assert run_cli("users", "disable", "alice", check=True).stdout == "alice is disabled\n"
+    assert (users_json(run_cli)[0]["role"], users_json(run_cli)[0]["disabled"]) == ("admin", True)
+    assert "disabled" in run_cli("users", "list", check=True).stdout.splitlines()[1]
+    assert run_cli("users", "enable", "alice", check=True).stdout == "alice is enabled\n"
+    assert users_json(run_cli)[0]["disabled"] is False
+    for command in (["role", "ghost", "user"], ["disable", "ghost"], ["enable", "ghost"],
+                    ["show", "ghost"]):
+        assert_one_line_error(run_cli("users", *command), 1, "no such user: ghost")
+    result = run_cli("users", "role", "alice", "owner")
+    assert result.returncode == 2 and "'owner' is not one of" in result.stderr
+
+
+def test_users_delete(run_cli: Runner) -> None:
+    add(run_cli, "alice")
+    assert_one_line_error(run_cli("users", "delete", "alice"), 1, "pass --yes")
+    assert len(users_json(run_cli)) == 1
+    assert run_cli("users", "delete", "ALICE", "--yes", check=True).stdout == "deleted alice\n"
+    assert users_json(run_cli) == []
+    assert_one_line_error(run_cli("users", "delete", "alice", "--yes"), 1, "no such user")
+
+
+def test_users_audit(run_cli: Runner) -> None:
+    add(run_cli, "alice")
+    run_cli("users", "role", "alice", "admin", check=True)
+    run_cli("users", "delete", "alice", "--yes", check=True)
+    entries = json.loads(run_cli("users", "audit", "--json", check=True).stdout)
+    assert [(e["action"], e["target"]) for e in entries] == [
+        ("user.create", "alice"), ("user.role", "alice"), ("user.delete", "alice")]
+    assert all(e["actor"].startswith("cli:") for e in entries)
+    text = run_cli("users", "audit", "--limit", "1", check=True).stdout.splitlines()
+    assert text[0].split() == ["TIME", "ACTOR", "ACTION", "TARGET", "DETAIL"]
+    assert len(text) == 2 and "user.delete" in text[1]
+    result = run_cli("users", "audit", "--limit", "0")
+    assert result.returncode == 2 and "--limit" in result.stderr
+
+
+def test_interactive_password_is_hidden_and_asked_twice(home: Path) -> None:
+    def converse(answers: list[str]) -> tuple[int, str]:
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: authchat with the pty as its terminal
+            os.execve(sys.executable, [sys.executable, "-m", "authchat", "users", "add", "bob"],
+                      cli_env(home))
+        transcript = b""
+        deadline = time.monotonic() + 30
+        pending = list(answers)
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            transcript += chunk
+            prompts = transcript.count(b"Password:") + transcript.count(b"confirmation:")
+            if pending and prompts > len(answers) - len(pending):
+                os.write(fd, pending.pop(0).encode() + b"\r")
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+        return os.waitstatus_to_exitcode(status), transcript.decode(errors="replace")
+
+    status, text = converse([GOOD_PASSWORD, OTHER_PASSWORD, GOOD_PASSWORD, GOOD_PASSWORD])
+    assert status == 0, text
+    assert "Password:" in text and "Repeat for confirmation:" in text
+    assert "do not match" in text  # the mismatch was caught and asked again
+    assert GOOD_PASSWORD not in text and OTHER_PASSWORD not in text  # never echoed
+    assert "created user bob" in text
+    assert open_store(home).authenticate("bob", GOOD_PASSWORD)
+
+
+# -- invites -----------------------------------------------------------------
+
+def test_invites_create_list_revoke(run_cli: Runner, home: Path) -> None:
+    token = run_cli("invites", "create", "--uses", "3", "--expires", "2h", "--role", "admin",
+                    check=True).stdout.strip()
+    assert len(token) >= 32 and " " not in token
+    listed = json.loads(run_cli("invites", "list", "--json", check=True).stdout)
+    assert len(listed) == 1
+    invite = listed[0]
+    assert (invite["role"], invite["max_uses"], invite["uses"]) == ("admin", 3, 0)
+    assert invite["expires_at"] and invite["revoked_at"] is None
+    assert token not in json.dumps(listed)
+    never = run_cli("invites", "create", "--expires", "never", check=True).stdout.strip()
+    assert json.loads(run_cli("invites", "list", "--json").stdout)[1]["expires_at"] is None
+    store = open_store(home)
+    assert store.create_user("alice", GOOD_PASSWORD, actor="t", invite=token).role == "admin"
+    assert run_cli("invites", "revoke", "2", check=True).stdout == "invite 2 revoked\n"
+    text = run_cli("invites", "list", check=True).stdout.splitlines()
+    assert text[0].split()[:3] == ["ID", "ROLE", "USED"]
+    assert "1/3" in text[1] and "revoked" in text[2]
+    with pytest.raises(Exception, match="invalid, used up or expired"):
+        store.create_user("bob", GOOD_PASSWORD, actor="t", invite=never)
+
+
+def test_invites_errors(run_cli: Runner) -> None:
+    assert_one_line_error(run_cli("invites", "revoke", "42"), 1, "no such invite: 42")
+    for bad in ("7", "0d", "soon", "-1d"):
+        result = run_cli("invites", "create", "--expires", bad)
+        assert result.returncode == 2 and "not a duration" in result.stderr, result.stderr
+    result = run_cli("invites", "create", "--uses", "0")
+    assert result.returncode == 2 and "--uses" in result.stderr
+    result = run_cli("invites", "revoke", "one")
+    assert result.returncode == 2 and "not a valid integer" in result.stderr
+    assert json.loads(run_cli("invites", "list", "--json", check=True).stdout) == []
+
+
+# -- db ----------------------------------------------------------------------
+
+def test_db_status_and_migrate(run_cli: Runner, home: Path) -> None:
+    before = run_cli("db", "status", check=True).stdout
+    assert "schema version: 0" in before and "0001_initial" in before
+    migrated = run_cli("db", "migrate", check=True).stdout
+    assert migrated == "applied 0001_initial\nschema version 1\n"
+    assert run_cli("db", "migrate", check=True).stdout == "schema version 1\n"
+    after = run_cli("db", "status", check=True).stdout
+    assert "schema version: 1" in after and "pending:        none" in after
+    assert "journal_mode:   wal" in after and "synchronous:    2" in after
+    assert f"database:       {home / 'authchat.db'}" in after
+
+
+def test_newer_database_is_refused_everywhere(run_cli: Runner, home: Path) -> None:
+    run_cli("db", "migrate", check=True)
+    with sqlite3.connect(home / "authchat.db") as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (9999, 'future', 'x')")
+    conn.close()
+    for command in (["db", "migrate"], ["db", "status"], ["users", "list"]):
+        assert_one_line_error(run_cli(*command), 1, "schema version 9999 is newer")
+
+
+def test_database_errors_are_one_line(run_cli: Runner, home: Path) -> None:
+    home.mkdir()
+    (home / "authchat.db").write_bytes(b"this is not a database" * 100)
+    assert_one_line_error(run_cli("users", "list"), 1, "database error")
