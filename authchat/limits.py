@@ -1,0 +1,196 @@
+"""Abuse limits as plain objects: token buckets, login throttles, counters.
+
+Every method takes the current time (`now`, seconds from a monotonic clock)
+instead of reading a clock, so each rule can be tested without waiting. None
+of these classes lock: the server calls them under its own lock. Every table
+keyed by IP address or account is capped (least recently used entries go), so
+an attacker with many addresses cannot grow memory without bound.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict, deque
+from typing import Generic, TypeVar
+
+MAX_TRACKED_KEYS = 65_536
+IP_PENALTY_CAP_S = 600.0
+ACCOUNT_DELAY_CAP_S = 300.0
+WINDOW_S = 60.0
+HOUR_S = 3600.0
+
+V = TypeVar("V")
+
+
+def ip_key(address: str) -> str:
+    """The unit limits count by: the address itself, or its /64 for IPv6,
+    since one IPv6 host usually holds a whole /64."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class LRUTable(Generic[V]):
+    """A dict that forgets its least recently used keys past `capacity`."""
+
+    def __init__(self, capacity: int = MAX_TRACKED_KEYS) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, V] = OrderedDict()
+
+    def get(self, key: str) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def pop(self, key: str) -> None:
+        self._items.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class TokenBucket:
+    """`rate` tokens a second, holding at most `burst`."""
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._last = now
+
+    def take(self, now: float) -> float:
+        """Take a token: 0.0 if there was one, else the seconds until there will be."""
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return 0.0
+        return (1 - self._tokens) / self.rate
+
+
+class _IpRecord:
+    __slots__ = ("failures", "penalties", "blocked_until")
+
+    def __init__(self) -> None:
+        self.failures: deque[float] = deque()
+        self.penalties = 0
+        self.blocked_until = 0.0
+
+
+class _AccountRecord:
+    __slots__ = ("consecutive", "last_failure")
+
+    def __init__(self) -> None:
+        self.consecutive = 0
+        self.last_failure = 0.0
+
+
+class LoginThrottle:
+    """Online-guessing throttles, per source address and per account name.
+
+    Per address: `per_ip_per_minute` failures within a minute earn a wait of
+    1 s, then 2, 4 … up to 10 minutes. Per account: after `per_account_free`
+    consecutive failures each further try must wait 2^(n - free) seconds, up
+    to 5 minutes. Accounts are keyed by the lower-cased name whether or not
+    it exists, so the throttle itself reveals nothing. A success resets both.
+    """
+
+    def __init__(self, per_ip_per_minute: int, per_account_free: int) -> None:
+        self.per_ip_per_minute = per_ip_per_minute
+        self.per_account_free = per_account_free
+        self._ips: LRUTable[_IpRecord] = LRUTable()
+        self._accounts: LRUTable[_AccountRecord] = LRUTable()
+
+    def wait_for(self, ip: str, account: str | None, now: float) -> float:
+        """Seconds before this address may try this account again (0.0: now)."""
+        wait = 0.0
+        ip_record = self._ips.get(ip)
+        if ip_record is not None:
+            wait = max(wait, ip_record.blocked_until - now)
+        if account is not None:
+            record = self._accounts.get(account.lower())
+            if record is not None and record.consecutive >= self.per_account_free:
+                delay = min(ACCOUNT_DELAY_CAP_S,
+                            2.0 ** (record.consecutive - self.per_account_free))
+                wait = max(wait, record.last_failure + delay - now)
+        return max(wait, 0.0)
+
+    def failure(self, ip: str, account: str | None, now: float) -> None:
+        record = self._ips.get(ip) or _IpRecord()
+        record.failures.append(now)
+        while record.failures and record.failures[0] <= now - WINDOW_S:
+            record.failures.popleft()
+        if len(record.failures) >= self.per_ip_per_minute:
+            record.blocked_until = now + min(IP_PENALTY_CAP_S, 2.0 ** record.penalties)
+            record.penalties += 1
+            record.failures.clear()
+        self._ips.put(ip, record)
+        if account is not None:
+            account_record = self._accounts.get(account.lower()) or _AccountRecord()
+            account_record.consecutive += 1
+            account_record.last_failure = now
+            self._accounts.put(account.lower(), account_record)
+
+    def success(self, ip: str, account: str) -> None:
+        self._ips.pop(ip)
+        self._accounts.pop(account.lower())
+
+
+class WindowLimit:
+    """At most `limit` events per key within `window` seconds."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self._events: LRUTable[deque[float]] = LRUTable()
+
+    def wait_for(self, key: str, now: float) -> float:
+        events = self._events.get(key)
+        if events is None:
+            return 0.0
+        while events and events[0] <= now - self.window:
+            events.popleft()
+        if len(events) < self.limit:
+            return 0.0
+        return events[0] + self.window - now
+
+    def record(self, key: str, now: float) -> None:
+        events = self._events.get(key) or deque()
+        events.append(now)
+        self._events.put(key, events)
+
+
+class ConnectionCounter:
+    """How many connections there are, in total and per address."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._per_key: dict[str, int] = {}
+
+    def count(self, key: str) -> int:
+        return self._per_key.get(key, 0)
+
+    def add(self, key: str) -> None:
+        self.total += 1
+        self._per_key[key] = self._per_key.get(key, 0) + 1
+
+    def remove(self, key: str) -> None:
+        self.total -= 1
+        left = self._per_key[key] - 1
+        if left:
+            self._per_key[key] = left
+        else:
+            del self._per_key[key]
