@@ -13,8 +13,10 @@ import json
 import logging
 import os
 import re
+import signal
 import sqlite3
 import sys
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -24,6 +26,8 @@ import click
 from . import __version__
 from .config import Config, load_config
 from .errors import AuthchatError, ConfigError, StoreBusy, UsernameTaken
+from .logs import setup_logging
+from .server import Server
 from .store import Store, User
 from .usernames import validate_username
 
@@ -101,6 +105,30 @@ def cli(ctx: click.Context, config_file: str | None, data_dir: str | None,
         database: str | None) -> None:
     """authchat: a self-hosted, authenticated group-chat server."""
     ctx.obj = Settings(config_file, {"storage.data_dir": data_dir, "storage.database": database})
+
+
+# -- serve -----------------------------------------------------------------
+
+@cli.command()
+@click.option("--host", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535),
+              help="Port to listen on (default 5555; 0 picks a free one).")
+@click.option("--tls/--no-tls", "tls", default=None,
+              help="Encrypt connections (default on; off needs a loopback host or "
+                   "allow_plaintext).")
+@pass_settings
+def serve(settings: Settings, host: str | None, port: int | None, tls: bool | None) -> None:
+    """Run the chat server until SIGINT or SIGTERM."""
+    config = settings.config(**{"server.host": host, "server.port": port, "tls.enabled": tls})
+    setup_logging(config)
+    server = Server(config, Store.from_config(config))
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start()
+    while not stop.wait(0.5):
+        pass
+    server.shutdown()
 
 
 # -- users -----------------------------------------------------------------

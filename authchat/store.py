@@ -143,6 +143,19 @@ class Store:
             policy=PasswordPolicy(config.auth.min_password_length),
         )
 
+    def release_connection(self) -> None:
+        """Close this thread's connection; the next use opens a new one.
+
+        Server threads call this after their rare store work so a thousand
+        idle sessions do not hold a thousand SQLite connections.
+        """
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._local.conn = None
+            with self._connections_lock:
+                self._connections.remove(conn)
+            conn.close()
+
     def close(self) -> None:
         with self._connections_lock:
             for conn in self._connections:
@@ -198,6 +211,16 @@ class Store:
         conn = self.connection()
         return {name: conn.execute(f"PRAGMA {name}").fetchone()[0]
                 for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")}
+
+    def data_version(self) -> int:
+        """Changes when any other connection (another thread or process) commits."""
+        return int(self.connection().execute("PRAGMA data_version").fetchone()[0])
+
+    def quick_check(self) -> None:
+        """Raises SchemaError if SQLite finds the file damaged."""
+        result = self.connection().execute("PRAGMA quick_check").fetchone()[0]
+        if result != "ok":
+            raise SchemaError(f"database {self.path} is damaged: {result}")
 
     # -- migrations -------------------------------------------------------
 
@@ -320,6 +343,18 @@ class Store:
         rows = self.connection().execute(
             f"SELECT {_USER_COLUMNS} FROM users ORDER BY username COLLATE NOCASE")
         return [_user(row) for row in rows]
+
+    def lookup_users(self, usernames: set[str]) -> dict[str, User]:
+        """The accounts that exist among `usernames`, keyed by lower-cased name."""
+        found: dict[str, User] = {}
+        names = sorted(usernames)
+        for start in range(0, len(names), 500):  # stay under SQLite's variable limit
+            chunk = names[start:start + 500]
+            rows = self.connection().execute(
+                f"SELECT {_USER_COLUMNS} FROM users WHERE username IN "
+                f"({', '.join('?' * len(chunk))})", chunk)
+            found.update((row["username"].lower(), _user(row)) for row in rows)
+        return found
 
     def password_hash(self, username: str) -> str:
         """The stored hash, for tests and `db` diagnostics; never logged."""

@@ -79,3 +79,23 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], status: int,
     assert lines[0].startswith("Error: "), result.stderr
     assert fragment in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def servers(tmp_path: Path):
+    """Start in-process servers with `servers(**settings)`; all are shut down after the test.
+
+    Settings are config keys with "__" for the dot: limits__max_clients=3.
+    """
+    from helpers import start_server
+
+    started = []
+
+    def start(**settings):
+        server = start_server(tmp_path / "home", **settings)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.shutdown()

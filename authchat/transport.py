@@ -1,0 +1,177 @@
+"""Byte transports over one accepted socket: plaintext, or TLS through memory BIOs.
+
+A session has a reader thread and a writer thread. OpenSSL's SSL objects must
+not be used from two threads at once (SECURITY.md C4), so TLS is not done by
+an SSLSocket: `TLSTransport` drives an `ssl.SSLObject` over two `MemoryBIO`s
+under one lock, while both threads do plain-socket I/O outside it. A second
+lock keeps encrypted records in order on the wire when both threads have
+some to send (the reader does only after TLS housekeeping such as a key update).
+
+Reads wait with poll() against a deadline of their own, so the socket's
+timeout is left to bound writes: a client that stops reading cannot hold a
+writer forever.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import threading
+import time
+
+RECV_BYTES = 65536
+
+
+class TransportClosed(ConnectionError):
+    """The peer or the server closed the connection."""
+
+
+def wait_readable(sock: socket.socket, deadline: float | None) -> None:
+    """Block until `sock` is readable.
+
+    Raises:
+        TimeoutError: `deadline` (a time.monotonic() value) passed first.
+    """
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLPRI)
+    while True:
+        if deadline is None:
+            timeout_ms = None
+        else:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("deadline passed while waiting for data")
+            timeout_ms = max(1, int(remaining * 1000))
+        if poller.poll(timeout_ms):
+            return
+
+
+class PlainTransport:
+    tls = False
+
+    def __init__(self, sock: socket.socket, send_timeout: float) -> None:
+        self.sock = sock
+        sock.settimeout(send_timeout)
+
+    def handshake(self, deadline: float) -> None:
+        pass
+
+    def recv(self, deadline: float | None) -> bytes:
+        """Some bytes, or b"" at end of stream."""
+        wait_readable(self.sock, deadline)
+        return self.sock.recv(RECV_BYTES)
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def finish_sending(self) -> None:
+        """Nothing more will be sent: let the peer see end of stream after the data."""
+        _quiet(self.sock.shutdown, socket.SHUT_WR)
+
+    def shutdown(self) -> None:
+        """Wake any thread blocked on this connection; safe from any thread, twice."""
+        _quiet(self.sock.shutdown, socket.SHUT_RDWR)
+
+    def wake_reader(self) -> None:
+        _quiet(self.sock.shutdown, socket.SHUT_RD)
+
+    def close(self) -> None:
+        _quiet(self.sock.close)
+
+
+class TLSTransport(PlainTransport):
+    tls = True
+
+    def __init__(self, sock: socket.socket, send_timeout: float, context: ssl.SSLContext) -> None:
+        super().__init__(sock, send_timeout)
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._tls_lock = threading.Lock()   # guards _tls and both BIOs
+        self._send_lock = threading.Lock()  # taken before _tls_lock, never after
+
+    def handshake(self, deadline: float) -> None:
+        """Run the TLS handshake; raises ssl.SSLError, TimeoutError or TransportClosed."""
+        while True:
+            with self._tls_lock:
+                try:
+                    self._tls.do_handshake()
+                    done = True
+                except ssl.SSLWantReadError:
+                    done = False
+            self._flush()
+            if done:
+                return
+            self._feed(deadline, during_handshake=True)
+
+    @property
+    def version(self) -> str | None:
+        return self._tls.version()
+
+    def recv(self, deadline: float | None) -> bytes:
+        while True:
+            with self._tls_lock:
+                try:
+                    data: bytes | None = self._tls.read(RECV_BYTES)
+                except ssl.SSLWantReadError:
+                    data = None
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    data = b""  # close_notify, or the peer just went away
+                housekeeping = self._outgoing.pending > 0
+            if housekeeping:
+                self._flush()
+            if data is not None:
+                return data
+            if not self._feed(deadline):
+                return b""
+
+    def sendall(self, data: bytes) -> None:
+        with self._send_lock:
+            with self._tls_lock:
+                self._tls.write(data)
+                records = self._outgoing.read()
+            self.sock.sendall(records)
+
+    def finish_sending(self) -> None:
+        with self._send_lock:
+            with self._tls_lock:
+                try:
+                    self._tls.unwrap()  # queues our close_notify
+                except (ssl.SSLWantReadError, ssl.SSLError):
+                    pass  # the peer's close_notify is not needed to send ours
+                records = self._outgoing.read()
+            _quiet(self.sock.sendall, records)
+        super().finish_sending()
+
+    def _feed(self, deadline: float | None, during_handshake: bool = False) -> bool:
+        """Pass received records to TLS; False at end of stream.
+
+        End of stream is not fed to the TLS object: after an unexpected EOF
+        OpenSSL refuses to write, and the server may still owe the peer a
+        last frame (server_shutdown after wake_reader(), for one).
+        """
+        wait_readable(self.sock, deadline)
+        raw = self.sock.recv(RECV_BYTES)
+        if not raw:
+            if during_handshake:
+                raise TransportClosed("connection closed during the TLS handshake")
+            return False
+        with self._tls_lock:
+            self._incoming.write(raw)
+        return True
+
+    def _flush(self) -> None:
+        with self._send_lock:
+            with self._tls_lock:
+                records = self._outgoing.read()
+            if records:
+                self.sock.sendall(records)
+
+
+def _quiet(call: object, *args: object) -> None:
+    """Run a socket call whose failure means only that the socket is already gone."""
+    try:
+        call(*args)  # type: ignore[operator]
+    except OSError:
+        pass

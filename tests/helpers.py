@@ -1,0 +1,178 @@
+"""Test clients and servers: real sockets on loopback, real TLS, no sleeps.
+
+Every socket has a timeout, so a test that waits for something that never
+comes fails with TimeoutError instead of hanging.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from authchat.config import Config, load_config
+from authchat.server import Server
+from authchat.store import Store
+
+from conftest import GOOD_PASSWORD, TEST_COST, cli_env
+
+READ_TIMEOUT_S = 10.0
+PRESENCE = ("join", "leave")
+
+
+def server_config(home: Path, **settings: Any) -> Config:
+    """A Config for a test server: ephemeral port, cost 4, plaintext unless asked."""
+    env = {"AUTHCHAT_HOME": str(home), "AUTHCHAT_AUTH_BCRYPT_COST": str(TEST_COST)}
+    overrides = {"server.port": 0, "tls.enabled": False}
+    overrides.update({key.replace("__", "."): value for key, value in settings.items()})
+    return load_config(None, env=env, overrides=overrides)
+
+
+def start_server(home: Path, **settings: Any) -> Server:
+    config = server_config(home, **settings)
+    server = Server(config, Store.from_config(config))
+    server.start()
+    return server
+
+
+class Client:
+    """One protocol client over a real (optionally TLS) socket."""
+
+    def __init__(self, address: tuple[str, int], *, cafile: Path | None = None,
+                 source_ip: str | None = None, timeout: float = READ_TIMEOUT_S,
+                 rcvbuf: int | None = None) -> None:
+        sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
+        sock.settimeout(timeout)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source_ip is not None:
+            sock.bind((source_ip, 0))
+        sock.connect(address)
+        if cafile is not None:
+            context = ssl.create_default_context(cafile=str(cafile))
+            sock = context.wrap_socket(sock, server_hostname="localhost")
+        self.sock = sock
+        self._buffer = b""
+
+    def send(self, frame: dict[str, Any] | bytes) -> None:
+        data = frame if isinstance(frame, bytes) else json.dumps(frame).encode() + b"\n"
+        self.sock.sendall(data)
+
+    def recv_line(self, timeout: float | None = None) -> bytes:
+        """The next line, or b"" once the server has closed the connection."""
+        if timeout is not None:
+            self.sock.settimeout(timeout)
+        while b"\n" not in self._buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                rest, self._buffer = self._buffer, b""
+                return rest
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line + b"\n"
+
+    def recv(self, timeout: float | None = None, skip: Iterable[str] = ()) -> dict[str, Any]:
+        """The next frame whose type is not in `skip`."""
+        while True:
+            line = self.recv_line(timeout)
+            if not line:
+                raise EOFError("server closed the connection")
+            frame: dict[str, Any] = json.loads(line)
+            if frame.get("type") not in skip:
+                return frame
+
+    def expect(self, kind: str, skip: Iterable[str] = PRESENCE, **fields: Any) -> dict[str, Any]:
+        frame = self.recv(skip=skip)
+        assert frame.get("type") == kind, f"expected {kind}, got {frame}"
+        for key, value in fields.items():
+            assert frame.get(key) == value, f"{key}: expected {value!r} in {frame}"
+        return frame
+
+    def expect_error(self, code: str, **fields: Any) -> dict[str, Any]:
+        return self.expect("error", code=code, **fields)
+
+    def expect_closed(self, timeout: float = READ_TIMEOUT_S) -> None:
+        """Read (and drop) frames until the server closes; fail if it does not in time."""
+        deadline = time.monotonic() + timeout
+        try:
+            while self.recv_line(max(0.01, deadline - time.monotonic())):
+                pass
+        except (ConnectionResetError, ssl.SSLError):
+            pass  # closed abruptly is closed too
+
+    def hello(self) -> dict[str, Any]:
+        return self.expect("hello")
+
+    def login(self, username: str, password: str = GOOD_PASSWORD) -> dict[str, Any]:
+        self.hello()
+        self.send({"type": "login", "username": username, "password": password})
+        return self.expect("welcome")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Wait for server-side state that has no event to wait on; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def add_user(server: Server, name: str, role: str = "user") -> None:
+    server.store.create_user(name, GOOD_PASSWORD, actor="test", role=role, allow_reserved=True)
+
+
+def logged_in(server: Server, name: str, **kwargs: Any) -> Client:
+    client = Client(server.address, **kwargs)
+    client.login(name)
+    return client
+
+
+class ServerProcess:
+    """`authchat serve` as a real process, on an ephemeral port."""
+
+    LISTENING = re.compile(rb"listening on (\S+) port (\d+)")
+
+    def __init__(self, home: Path, *args: str, **env: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "authchat", "serve", "--port", "0", *args],
+            env=cli_env(home, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL)
+        self.log = b""
+        self.address = self._wait_listening()
+
+    def _wait_listening(self) -> tuple[str, int]:
+        assert self.proc.stderr is not None
+        os.set_blocking(self.proc.stderr.fileno(), True)
+        while True:
+            line = self.proc.stderr.readline()  # the server logs this line within seconds
+            if not line:
+                raise RuntimeError(f"server exited: {self.log.decode(errors='replace')}")
+            self.log += line
+            match = self.LISTENING.search(line)
+            if match:
+                return match[1].decode(), int(match[2])
+
+    def terminate(self, timeout: float = 10) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=timeout)
+        self.log += err
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate(timeout=10)

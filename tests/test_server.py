@@ -1,0 +1,557 @@
+"""The real server on an ephemeral loopback port, driven over real sockets."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from authchat import __version__
+
+from conftest import GOOD_PASSWORD, Runner
+from helpers import Client, add_user, eventually, logged_in
+
+OTHER_PASSWORD = "an entirely different phrase"
+
+
+# -- hello and the handshake ----------------------------------------------------
+
+def test_hello(servers: Any) -> None:
+    server = servers()
+    hello = Client(server.address).recv()
+    assert hello == {"type": "hello", "protocol": 1, "server": f"authchat/{__version__}",
+                     "registration": "open", "tls": False}
+
+
+def test_register_then_login(servers: Any) -> None:
+    server = servers()
+    client = Client(server.address)
+    client.hello()
+    client.send({"type": "register", "username": "Alice", "password": GOOD_PASSWORD, "id": 1})
+    assert client.recv() == {"type": "welcome", "username": "Alice", "role": "user",
+                             "users": ["Alice"], "re": 1}
+    client.close()
+    again = Client(server.address)
+    again.hello()
+    again.send({"type": "login", "username": "ALICE", "password": GOOD_PASSWORD})
+    welcome = again.expect("welcome", username="Alice", role="user")
+    assert "re" not in welcome
+    assert server.store.get_user("alice").last_login_at is not None
+
+
+def test_bad_credentials_are_identical_for_unknown_user_and_wrong_password(servers: Any) -> None:
+    server = servers()
+    add_user(server, "alice")
+    replies = []
+    for name, password in (("alice", OTHER_PASSWORD), ("nobody", GOOD_PASSWORD)):
+        client = Client(server.address)
+        client.hello()
+        client.send({"type": "login", "username": name, "password": password, "id": "x"})
+        replies.append(client.recv_line())
+    assert replies[0] == replies[1]
+    assert b'"code":"bad_credentials"' in replies[0] and b'"re":"x"' in replies[0]
+
+
+def test_disabled_account_is_told_only_after_the_right_password(servers: Any) -> None:
+    server = servers()
+    add_user(server, "alice")
+    server.store.set_disabled("alice", True, actor="test")
+    client = Client(server.address)
+    client.hello()
+    client.send({"type": "login", "username": "alice", "password": OTHER_PASSWORD})
+    client.expect_error("bad_credentials")
+    client.send({"type": "login", "username": "alice", "password": GOOD_PASSWORD})
+    client.expect_error("account_disabled")
+
+
+def test_three_failed_attempts_close_the_connection(servers: Any) -> None:
+    server = servers()
+    client = Client(server.address)
+    client.hello()
+    for _ in range(3):
+        client.send({"type": "login", "username": "ghost", "password": OTHER_PASSWORD})
+        client.expect_error("bad_credentials")
+    client.expect_closed()
+
+
+def test_handshake_timeout(servers: Any) -> None:
+    server = servers(limits__handshake_timeout_s=0.5)
+    client = Client(server.address)
+    client.hello()
+    client.send(b'{"type":"ping"}\n')  # activity does not extend the deadline
+    client.expect("pong")
+    started = time.monotonic()
+    client.expect_error("handshake_timeout")
+    client.expect_closed()
+    assert time.monotonic() - started < 5
+
+
+def test_before_login_only_the_handshake_is_accepted(servers: Any) -> None:
+    server = servers()
+    add_user(server, "alice")
+    watcher = logged_in(server, "alice")
+    client = Client(server.address)
+    client.hello()
+    for frame in ({"type": "say", "text": "hi"}, {"type": "who"},
+                  {"type": "dm", "to": "alice", "text": "hi"}):
+        client.send({**frame, "id": 7})
+        client.expect_error("auth_required", re=7)
+    client.send({"type": "ping", "id": "p"})
+    client.expect("pong", re="p")
+    client.send({"type": "quit"})
+    client.expect_closed()
+    watcher.send({"type": "who"})
+    assert watcher.expect("who")["users"] == [{"username": "alice", "role": "user"}]
+
+
+def test_too_many_frames_before_login(servers: Any) -> None:
+    server = servers()
+    client = Client(server.address)
+    client.hello()
+    for _ in range(10):
+        client.send({"type": "ping"})
+        client.expect("pong")
+    client.send({"type": "ping"})
+    client.expect_error("auth_required")
+    client.expect_closed()
+
+
+# -- framing and errors -------------------------------------------------------------
+
+@pytest.mark.parametrize("line, code", [
+    (b"\xff\xfe\n", "bad_frame"),
+    (b"\xc0\xaf\n", "bad_frame"),
+    (b"not json\n", "bad_frame"),
+    (b"[1, 2]\n", "bad_frame"),
+    (b"null\n", "bad_frame"),
+    (b"[" * 10000 + b"\n", "bad_frame"),
+    (b'{"type":"say","text":NaN}\n', "bad_frame"),
+    (b'{"type":"say","text":' + b"9" * 5000 + b"}\n", "bad_frame"),
+    (b'{"text":"no type"}\n', "bad_request"),
+    (b'{"type":42}\n', "bad_request"),
+    (b'{"type":"teleport"}\n', "unknown_type"),
+    (b'{"type":"say"}\n', "bad_request"),
+    (b'{"type":"say","text":42}\n', "bad_request"),
+    (b'{"type":"say","text":"   "}\n', "bad_request"),
+    (b'{"type":"say","text":"\\u001b[2J"}\n', "bad_request"),
+    (b'{"type":"say","text":"\\ud800"}\n', "bad_request"),
+    (b'{"type":"dm","to":"bob"}\n', "bad_request"),
+    (b'{"type":"say","text":"hi","id":{"a":1}}\n', "bad_request"),
+    (b'{"type":"login","username":"x","password":"y"}\n', "bad_request"),
+])
+def test_bad_frames_get_an_error_and_the_connection_goes_on(servers: Any, line: bytes,
+                                                            code: str) -> None:
+    server = servers()
+    add_user(server, "alice")
+    client = logged_in(server, "alice")
+    client.send(line)
+    client.expect_error(code)
+    client.send({"type": "say", "text": "still here"})
+    client.expect("message", text="still here")
+
+
+def test_frame_at_the_limit_is_read_and_one_byte_more_closes(servers: Any) -> None:
+    server = servers(limits__max_frame_bytes=1024)
+    add_user(server, "alice")
+    client = logged_in(server, "alice")
+    padding = 1024 - len(b'{"type":"ping","pad":""}')
+    client.send(b'{"type":"ping","pad":"' + b"x" * padding + b'"}\r\n')  # \r\n is accepted
+    client.expect("pong")
+    client.send(b'{"type":"ping","pad":"' + b"x" * (padding + 1) + b'"}\n')
+    client.expect_error("frame_too_large")
+    client.expect_closed()
+
+
+def test_endless_line_without_newline_is_cut_off(servers: Any) -> None:
+    server = servers()
+    client = Client(server.address)
+    client.hello()
+    try:
+        for _ in range(64):  # 1 MiB, far past the 16 KiB limit
+            client.send(b"x" * 16384)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server may close before we finish writing
+    client.expect_error("frame_too_large")
+
+
+def test_request_ids_come_back_as_re(servers: Any) -> None:
+    server = servers()
+    add_user(server, "alice")
+    client = logged_in(server, "alice")
+    client.send({"type": "ping", "id": 12})
+    client.expect("pong", re=12)
+    client.send({"type": "who", "id": "w1"})
+    client.expect("who", re="w1")
+    client.send({"type": "say", "text": "hi", "id": "s1"})
+    message = client.expect("message")
+    assert "re" not in message
+    client.expect("ok", re="s1", message=message["id"])
+    client.send({"type": "teleport", "id": 5})
+    client.expect_error("unknown_type", re=5)
+    client.send({"type": "login", "username": "alice", "password": GOOD_PASSWORD, "id": 6})
+    client.expect_error("bad_request", re=6)  # already logged in
+
+
+# -- the room -----------------------------------------------------------------------
+
+def test_say_reaches_everyone_including_the_sender(servers: Any) -> None:
+    server = servers()
+    for name in ("alice", "bob"):
+        add_user(server, name)
+    alice, bob = logged_in(server, "alice"), logged_in(server, "bob")
+    alice.expect("join", skip=(), username="bob")
+    alice.send({"type": "say", "text": "  hello\tworld\nline two  ", "from": "admin"})
+    for client in (alice, bob):
+        message = client.expect("message", **{"from": "alice"}, text="hello\tworld\nline two")
+        assert isinstance(message["id"], int)
+        assert message["ts"].endswith("Z") and "T" in message["ts"]
+
+
+def test_text_limits(servers: Any) -> None:
+    server = servers(limits__max_text_length=10)
+    add_user(server, "alice")
+    client = logged_in(server, "alice")
+    client.send({"type": "say", "text": "é" * 10})
+    client.expect("message", text="é" * 10)
+    client.send({"type": "say", "text": "é" * 11, "id": 1})
+    client.expect_error("text_too_long", re=1)
+
+
+def test_direct_messages(servers: Any) -> None:
+    server = servers()
+    for name in ("alice", "Bob", "carol"):
+        add_user(server, name)
+    alice, alice2 = logged_in(server, "alice"), logged_in(server, "alice")
+    bob, carol = logged_in(server, "Bob"), logged_in(server, "carol")
+    alice.send({"type": "dm", "to": "bob", "text": "psst", "id": 1})
+    for client in (alice, alice2, bob):
+        frame = client.expect("dm", **{"from": "alice", "to": "Bob", "text": "psst"})
+    alice.expect("ok", re=1, message=frame["id"])
+    carol.send({"type": "ping"})
+    carol.expect("pong")  # carol saw nothing before her pong
+    alice.send({"type": "dm", "to": "nobody", "text": "hello?", "id": 2})
+    alice.expect_error("no_such_user", re=2)
+
+
+def test_who_and_presence(servers: Any) -> None:
+    server = servers()
+    add_user(server, "alice", role="admin")
+    add_user(server, "bob")
+    alice = logged_in(server, "alice")
+    bob = Client(server.address)
+    assert bob.login("bob")["users"] == ["alice", "bob"]
+    alice.expect("join", skip=(), username="bob")
+    bob2 = logged_in(server, "bob")  # a second session: no second join
+    bob2.close()
+    bob.send({"type": "who"})
+    assert bob.expect("who")["users"] == [{"username": "alice", "role": "admin"},
+                                          {"username": "bob", "role": "user"}]
+    bob.send({"type": "quit"})
+    bob.expect_closed()
+    assert alice.recv() == {"type": "leave", "username": "bob", "reason": "quit"}
+
+
+def test_leave_reason_disconnect(servers: Any) -> None:
+    server = servers()
+    add_user(server, "alice")
+    add_user(server, "bob")
+    alice, bob = logged_in(server, "alice"), logged_in(server, "bob")
+    alice.expect("join", skip=(), username="bob")
+    bob.close()
+    assert alice.recv() == {"type": "leave", "username": "bob", "reason": "disconnect"}
+
+
+def test_sessions_per_account_limit(servers: Any) -> None:
+    server = servers(limits__max_sessions_per_user=2)
+    add_user(server, "alice")
+    held = [logged_in(server, "alice"), logged_in(server, "alice")]
+    third = Client(server.address)
+    third.hello()
+    third.send({"type": "login", "username": "alice", "password": GOOD_PASSWORD})
+    third.expect_error("too_many_sessions")
+    third.expect_closed()
+    held[0].send({"type": "ping"})
+    held[0].expect("pong")
+
+
+def test_passwd(servers: Any) -> None:
+    server = servers()
+    add_user(server, "alice")
+    client = logged_in(server, "alice")
+    client.send({"type": "passwd", "old": OTHER_PASSWORD, "new": OTHER_PASSWORD + "!", "id": 1})
+    client.expect_error("bad_credentials", re=1)
+    client.send({"type": "passwd", "old": GOOD_PASSWORD, "new": "short", "id": 2})
+    client.expect_error("invalid_password", re=2)
+    client.send({"type": "passwd", "old": GOOD_PASSWORD, "new": OTHER_PASSWORD, "id": 3})
+    client.expect("ok", re=3)
+    assert server.store.authenticate("alice", OTHER_PASSWORD)
+    assert server.store.audit_entries()[-1].action == "user.passwd"
+
+
+def test_ping_from_the_server_and_idle_timeout(servers: Any) -> None:
+    server = servers(limits__ping_interval_s=0.3, limits__ping_timeout_s=0.6)
+    add_user(server, "alice")
+    add_user(server, "bob")
+    alice, bob = logged_in(server, "alice"), logged_in(server, "bob")
+    alice.expect("join", skip=(), username="bob")
+    alice.expect("ping")  # alice does not answer: she is dropped
+    while True:  # bob answers every ping and stays
+        frame = bob.recv()
+        if frame["type"] != "ping":
+            break
+        bob.send({"type": "pong"})
+    assert frame == {"type": "leave", "username": "alice", "reason": "timeout"}
+    bob.send({"type": "ping"})
+    bob.expect("pong", skip=("ping",))
+
+
+# -- registration -----------------------------------------------------------------
+
+def register(client: Client, name: str, password: str = GOOD_PASSWORD,
+             **extra: Any) -> dict[str, Any]:
+    client.send({"type": "register", "username": name, "password": password, **extra})
+    return client.recv()
+
+
+def test_registration_errors(servers: Any) -> None:
+    server = servers()
+    add_user(server, "alice")
+    client = Client(server.address)
+    client.hello()
+    assert register(client, "ALICE")["code"] == "username_taken"
+    assert register(client, "admin")["code"] == "invalid_username"
+    client2 = Client(server.address)
+    client2.hello()
+    assert register(client2, "bob", "too short")["code"] == "invalid_password"
+    assert register(client2, "Ｂob")["code"] == "invalid_username"
+
+
+def test_registration_closed_and_invite_modes(servers: Any) -> None:
+    closed = servers(server__registration="closed")
+    client = Client(closed.address)
+    assert client.hello()["registration"] == "closed"
+    assert register(client, "bob")["code"] == "registration_closed"
+
+    invite = servers(server__registration="invite")
+    _, token = invite.store.create_invite(actor="test", expires_in=None)
+    client = Client(invite.address)
+    assert client.hello()["registration"] == "invite"
+    assert register(client, "bob")["code"] == "registration_closed"
+    assert register(client, "bob", invite="wrong")["code"] == "registration_closed"
+    assert register(client, "bob", invite=token)["type"] == "welcome"
+
+
+# -- limits -----------------------------------------------------------------------
+
+def test_message_rate_limit(servers: Any) -> None:
+    server = servers(limits__message_burst=3, limits__messages_per_second=2.0)
+    add_user(server, "alice")
+    client = logged_in(server, "alice")
+    for n in range(4):
+        client.send({"type": "say", "text": f"m{n}", "id": n})
+    for n in range(3):
+        client.expect("message", text=f"m{n}")
+        client.expect("ok", re=n)
+    error = client.expect_error("rate_limited", re=3)
+    assert 0 < error["retry_after"] <= 0.5
+
+
+def test_failed_logins_on_one_account_are_throttled(servers: Any) -> None:
+    server = servers(limits__failed_logins_per_account=2)
+    add_user(server, "alice")
+    outcomes = []
+    for _ in range(2):
+        client = Client(server.address)
+        client.hello()
+        client.send({"type": "login", "username": "alice", "password": OTHER_PASSWORD})
+        outcomes.append(client.recv()["code"])
+    client = Client(server.address)
+    client.hello()
+    client.send({"type": "login", "username": "alice", "password": GOOD_PASSWORD})
+    error = client.recv()
+    assert outcomes == ["bad_credentials"] * 2
+    assert error["code"] == "rate_limited" and 0 < error["retry_after"] <= 1
+    # a name that does not exist is throttled the same way
+    outcomes = []
+    for _ in range(3):
+        client = Client(server.address)
+        client.hello()
+        client.send({"type": "login", "username": "zed", "password": OTHER_PASSWORD})
+        outcomes.append(client.recv()["code"])
+    assert outcomes == ["bad_credentials", "bad_credentials", "rate_limited"]
+
+
+def test_failed_logins_from_one_address_are_throttled(servers: Any) -> None:
+    server = servers(limits__failed_logins_per_ip_per_minute=3)
+    add_user(server, "alice")
+    for name in ("u1", "u2", "u3"):
+        client = Client(server.address, source_ip="127.0.0.2")
+        client.hello()
+        client.send({"type": "login", "username": name, "password": OTHER_PASSWORD})
+        client.expect_error("bad_credentials")
+    refused = Client(server.address, source_ip="127.0.0.2")
+    error = refused.expect_error("rate_limited")
+    assert error["retry_after"] > 0
+    refused.expect_closed()
+    assert logged_in(server, "alice", source_ip="127.0.0.3")  # another address is unaffected
+
+
+def test_registrations_per_address(servers: Any) -> None:
+    server = servers(limits__registrations_per_ip_per_hour=1)
+    client = Client(server.address)
+    client.hello()
+    assert register(client, "bob")["type"] == "welcome"
+    other = Client(server.address)
+    other.hello()
+    error = register(other, "carol")
+    assert error["code"] == "rate_limited" and error["retry_after"] > 3000
+
+
+def test_connection_limits(servers: Any) -> None:
+    server = servers(limits__max_connections_per_ip=2, limits__max_clients=3)
+    held = [Client(server.address, source_ip="127.0.0.2") for _ in range(2)]
+    for client in held:
+        client.hello()
+    Client(server.address, source_ip="127.0.0.2").expect_error("too_many_connections")
+    third = Client(server.address, source_ip="127.0.0.3")
+    third.hello()  # another address still gets in...
+    Client(server.address, source_ip="127.0.0.4").expect_error("too_many_connections")  # ...until full
+    held[0].close()
+    assert eventually(lambda: server.connection_count() == 2)  # noticed in its own thread
+    Client(server.address, source_ip="127.0.0.4").hello()
+
+
+# -- admin moderation and live revocation ----------------------------------------------
+
+def test_kick_and_ban(servers: Any) -> None:
+    server = servers()
+    add_user(server, "root", role="admin")
+    for name in ("bob", "carol"):
+        add_user(server, name)
+    admin, bob, carol = (logged_in(server, n) for n in ("root", "bob", "carol"))
+    bob.send({"type": "kick", "username": "carol", "id": 1})
+    bob.expect_error("forbidden", re=1)
+    admin.send({"type": "kick", "username": "nobody", "id": 2})
+    admin.expect_error("no_such_user", re=2)
+    admin.send({"type": "kick", "username": "carol", "reason": "spam", "id": 3})
+    error = carol.expect_error("kicked")
+    assert "spam" in error["message"]
+    carol.expect_closed()
+    admin.expect("ok", re=3)
+    assert bob.recv() == {"type": "leave", "username": "carol", "reason": "kicked"}
+    admin.send({"type": "ban", "username": "bob", "reason": "more spam", "id": 4})
+    bob.expect_error("kicked")
+    bob.expect_closed()
+    assert server.store.get_user("bob").disabled
+    ban = server.store.audit_entries()[-1]
+    assert (ban.actor, ban.action, ban.target) == ("user:root", "user.disable", "bob")
+
+
+def wait_for_frame(client: Client, kind: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = client.recv(timeout=max(0.01, deadline - time.monotonic()))
+        if frame["type"] == kind:
+            return frame
+
+
+def test_cli_disable_ends_live_sessions(servers: Any, run_cli: Runner) -> None:
+    server = servers()
+    for name in ("alice", "bob"):
+        add_user(server, name)
+    alice, bob = logged_in(server, "alice"), logged_in(server, "bob")
+    alice.expect("join", skip=(), username="bob")
+    started = time.monotonic()
+    run_cli("users", "disable", "bob", check=True)
+    bob.expect_error("account_disabled")
+    leave = wait_for_frame(alice, "leave", 3)
+    assert time.monotonic() - started < 2 + 1  # 2 s promised, plus the CLI's own start-up
+    assert leave == {"type": "leave", "username": "bob", "reason": "disabled"}
+    run_cli("users", "delete", "alice", "--yes", check=True)
+    alice.expect_error("account_disabled")
+
+
+def test_cli_demotion_takes_effect(servers: Any, run_cli: Runner) -> None:
+    server = servers()
+    add_user(server, "root", role="admin")
+    add_user(server, "bob")
+    admin, _bob = logged_in(server, "root"), logged_in(server, "bob")
+    run_cli("users", "role", "root", "user", check=True)
+    admin.send({"type": "kick", "username": "bob", "id": 1})
+    admin.expect_error("forbidden", re=1)
+    assert eventually(lambda: {"username": "root", "role": "user"} in server.room.who())
+
+
+# -- order and slow consumers -----------------------------------------------------------
+
+@pytest.mark.slow
+def test_every_receiver_sees_the_same_order(servers: Any) -> None:
+    clients_n, messages_n = 50, 20
+    server = servers(limits__max_connections_per_ip=100, limits__max_unauthenticated=100,
+                     limits__messages_per_second=1000.0, limits__message_burst=1000)
+    names = [f"user{i}" for i in range(clients_n)]
+    for name in names:
+        add_user(server, name)
+    clients = [logged_in(server, name) for name in names]
+    received: dict[str, list[tuple[int, str, str]]] = {}
+
+    def read_all(name: str, client: Client) -> None:
+        got = received.setdefault(name, [])
+        while len(got) < clients_n * messages_n:
+            frame = client.recv(skip=("join", "leave", "ok"))
+            got.append((frame["id"], frame["from"], frame["text"]))
+
+    readers = [threading.Thread(target=read_all, args=(n, c)) for n, c in zip(names, clients)]
+    for thread in readers:
+        thread.start()
+    for name, client in zip(names, clients):
+        client.send(b"".join(
+            f'{{"type":"say","text":"{name} {n}"}}\n'.encode() for n in range(messages_n)))
+    for thread in readers:
+        thread.join(60)
+    first = received[names[0]]
+    assert len(first) == clients_n * messages_n
+    ids = [m[0] for m in first]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert ids[-1] - ids[0] == len(ids) - 1  # no gaps
+    for name in names:
+        assert received[name] == first, name
+        own = [int(text.split()[1]) for _, sender, text in first if sender == name]
+        assert own == list(range(messages_n))
+
+
+def test_a_client_that_never_reads_is_evicted(servers: Any) -> None:
+    server = servers(limits__outbound_queue_bytes=64 * 1024, limits__messages_per_second=10000.0,
+                     limits__message_burst=10000)
+    for name in ("alice", "bob", "sloth"):
+        add_user(server, name)
+    sloth = logged_in(server, "sloth", rcvbuf=4096)
+    sloth.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    alice, bob = logged_in(server, "alice"), logged_in(server, "bob")
+    text = "x" * 1000
+    seen: list[int] = []
+    left: list[dict[str, Any]] = []
+    for batch in range(200):  # up to 4 MiB of fan-out: far past sloth's 64 KiB queue
+        # batches well under the queue limit, so bob, who reads, always keeps up
+        alice.send(b"".join(f'{{"type":"say","text":"{text}"}}\n'.encode() for _ in range(20)))
+        for _ in range(20):
+            frame = bob.recv(skip=("join",))
+            while frame["type"] == "leave":
+                left.append(frame)
+                frame = bob.recv(skip=("join",))
+            assert frame["type"] == "message", frame
+            seen.append(frame["id"])
+            alice.expect("message")  # alice reads her echoes, or she would be the slow one
+        if left:
+            break
+    if not left:  # evicted, but its connection may take a moment to be cut
+        left.append(bob.recv(timeout=10))
+    assert left == [{"type": "leave", "username": "sloth", "reason": "slow_consumer"}]
+    assert seen == list(range(seen[0], seen[0] + len(seen)))  # bob missed nothing
+    alice.send({"type": "say", "text": "after"})
+    bob.expect("message", text="after")
+    sloth.expect_closed()

@@ -1,0 +1,141 @@
+"""TLS on by default: real handshakes, the self-signed certificate, refusals."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from authchat.errors import ConfigError
+from authchat.tls import CERT_FILENAME, KEY_FILENAME, fingerprint
+
+from conftest import GOOD_PASSWORD
+from helpers import Client, add_user, start_server
+
+
+@pytest.fixture
+def tls_server(servers: Any) -> Any:
+    return servers(tls__enabled=True, limits__max_connections_per_ip=64,
+                   limits__max_unauthenticated=64, limits__message_burst=100)
+
+
+def cert_of(server: Any) -> Path:
+    return server.config.data_dir / CERT_FILENAME
+
+
+def test_tls_login_and_chat(tls_server: Any) -> None:
+    add_user(tls_server, "alice")
+    add_user(tls_server, "bob")
+    alice = Client(tls_server.address, cafile=cert_of(tls_server))
+    assert alice.hello()["tls"] is True
+    alice.send({"type": "login", "username": "alice", "password": GOOD_PASSWORD})
+    alice.expect("welcome")
+    bob = Client(tls_server.address, cafile=cert_of(tls_server))
+    bob.login("bob")
+    bob.send({"type": "say", "text": "over TLS"})
+    alice.expect("message", text="over TLS")
+    assert bob.sock.version() in ("TLSv1.2", "TLSv1.3")
+
+
+def test_self_signed_certificate_is_private_and_reused(tmp_path: Path) -> None:
+    first = start_server(tmp_path / "home", tls__enabled=True)
+    fp = first.fingerprint
+    first.shutdown()
+    home = tmp_path / "home"
+    assert stat.S_IMODE((home / KEY_FILENAME).stat().st_mode) == 0o600
+    assert fp == fingerprint((home / CERT_FILENAME).read_bytes())
+    second = start_server(home, tls__enabled=True)
+    assert second.fingerprint == fp
+    # what a client sees is that same certificate
+    client = Client(second.address, cafile=home / CERT_FILENAME)
+    assert fingerprint(client.sock.getpeercert(binary_form=True)) == fp
+    second.shutdown()
+
+
+def test_shared_key_file_is_refused(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "home", tls__enabled=True)
+    server.shutdown()
+    key = tmp_path / "home" / KEY_FILENAME
+    os.chmod(key, 0o640)
+    with pytest.raises(ConfigError, match="readable by other users"):
+        start_server(tmp_path / "home", tls__enabled=True)
+
+
+def test_plaintext_on_a_public_address_needs_allow_plaintext(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="allow_plaintext"):
+        start_server(tmp_path / "home", server__host="0.0.0.0")
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
+def test_old_tls_versions_are_refused(tls_server: Any, version: ssl.TLSVersion) -> None:
+    context = ssl.create_default_context(cafile=str(cert_of(tls_server)))
+    context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    context.maximum_version = version
+    with socket.create_connection(tls_server.address, timeout=5) as raw:
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            context.wrap_socket(raw, server_hostname="localhost")
+
+
+def test_cbc_cipher_is_refused(tls_server: Any) -> None:
+    context = ssl.create_default_context(cafile=str(cert_of(tls_server)))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("ECDHE-ECDSA-AES256-SHA384:ECDHE-ECDSA-AES128-SHA")
+    with socket.create_connection(tls_server.address, timeout=5) as raw:
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            context.wrap_socket(raw, server_hostname="localhost")
+
+
+def test_silent_and_garbage_clients_cost_only_their_own_connection(tls_server: Any) -> None:
+    add_user(tls_server, "alice")
+    silent = [socket.create_connection(tls_server.address, timeout=5) for _ in range(20)]
+    garbage = socket.create_connection(tls_server.address, timeout=5)
+    garbage.sendall(b'{"type":"login","username":"x","password":"y"}\n' * 10)
+    started = time.monotonic()
+    alice = Client(tls_server.address, cafile=cert_of(tls_server))
+    alice.login("alice")
+    assert time.monotonic() - started < 2  # the accept loop never waited on a handshake
+    garbage.settimeout(5)
+    while garbage.recv(4096):  # the server hangs up on it
+        pass
+    alice.send({"type": "ping"})
+    alice.expect("pong")
+    for sock in silent:
+        sock.close()
+
+
+def test_tls_fan_out_loses_nothing(tls_server: Any) -> None:
+    """Reader and writer threads share each TLS connection (SECURITY.md C4)."""
+    names = [f"user{i}" for i in range(16)]
+    for name in names:
+        add_user(tls_server, name)
+    clients = [Client(tls_server.address, cafile=cert_of(tls_server)) for _ in names]
+    for name, client in zip(names, clients):
+        client.login(name)
+    per_sender, senders = 25, 8
+    expected = per_sender * senders
+    counts: dict[str, int] = {}
+
+    def read(name: str, client: Client) -> None:
+        ids = []
+        while len(ids) < expected:
+            ids.append(client.recv(skip=("join", "leave"))["id"])
+        assert ids == sorted(ids)
+        counts[name] = len(ids)
+
+    readers = [threading.Thread(target=read, args=pair) for pair in zip(names, clients)]
+    for thread in readers:
+        thread.start()
+    for client in clients[:senders]:
+        client.send(b"".join(b'{"type":"say","text":"hello over tls"}\n'
+                             for _ in range(per_sender)))
+    for thread in readers:
+        thread.join(60)
+    assert counts == {name: expected for name in names}
