@@ -181,7 +181,7 @@ class Store:
                                    timeout=BUSY_TIMEOUT_MS / 1000)
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(conn)
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             self._local.conn = conn
@@ -517,6 +517,25 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
             if attempt == BUSY_RETRIES:
                 raise StoreBusy() from None
             time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL (a lasting property of the file) unless it is on already.
+
+    The switch needs a moment of exclusive access, and SQLite reports a
+    conflict with another connection doing the same without waiting on the
+    busy timeout, so a few processes opening a new database at once retry.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05))
 
 
 def _schema_version(conn: sqlite3.Connection) -> int:

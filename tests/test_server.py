@@ -247,6 +247,7 @@ def test_who_and_presence(servers: Any) -> None:
     alice.expect("join", skip=(), username="bob")
     bob2 = logged_in(server, "bob")  # a second session: no second join
     bob2.close()
+    assert eventually(lambda: len(server.room.sessions_of("bob")) == 1)
     bob.send({"type": "who"})
     assert bob.expect("who")["users"] == [{"username": "alice", "role": "admin"},
                                           {"username": "bob", "role": "user"}]
@@ -293,7 +294,7 @@ def test_passwd(servers: Any) -> None:
 
 
 def test_ping_from_the_server_and_idle_timeout(servers: Any) -> None:
-    server = servers(limits__ping_interval_s=0.3, limits__ping_timeout_s=0.6)
+    server = servers(limits__ping_interval_s=0.5, limits__ping_timeout_s=2.0)
     add_user(server, "alice")
     add_user(server, "bob")
     alice, bob = logged_in(server, "alice"), logged_in(server, "bob")
@@ -465,11 +466,9 @@ def test_cli_disable_ends_live_sessions(servers: Any, run_cli: Runner) -> None:
         add_user(server, name)
     alice, bob = logged_in(server, "alice"), logged_in(server, "bob")
     alice.expect("join", skip=(), username="bob")
-    started = time.monotonic()
     run_cli("users", "disable", "bob", check=True)
+    leave = wait_for_frame(alice, "leave", timeout=2.0)  # the promise: within 2 s
     bob.expect_error("account_disabled")
-    leave = wait_for_frame(alice, "leave", 3)
-    assert time.monotonic() - started < 2 + 1  # 2 s promised, plus the CLI's own start-up
     assert leave == {"type": "leave", "username": "bob", "reason": "disabled"}
     run_cli("users", "delete", "alice", "--yes", check=True)
     alice.expect_error("account_disabled")

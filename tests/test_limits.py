@@ -1,0 +1,96 @@
+"""Abuse limits with the clock passed in: no waiting."""
+
+from __future__ import annotations
+
+import pytest
+
+from authchat.limits import (
+    ConnectionCounter,
+    LoginThrottle,
+    LRUTable,
+    TokenBucket,
+    WindowLimit,
+    ip_key,
+)
+
+
+def test_token_bucket_burst_then_rate() -> None:
+    bucket = TokenBucket(rate=2.0, burst=3, now=0.0)
+    assert [bucket.take(0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.take(0.0) == pytest.approx(0.5)
+    assert bucket.take(0.5) == 0.0
+    assert bucket.take(10.0) == 0.0  # refills, but never past the burst
+    assert [bucket.take(10.0) for _ in range(3)][-1] > 0
+
+
+def test_per_account_delay_doubles_and_success_resets() -> None:
+    throttle = LoginThrottle(per_ip_per_minute=1000, per_account_free=5)
+    now = 0.0
+    for _ in range(5):
+        assert throttle.wait_for("1.2.3.4", "Alice", now) == 0.0
+        throttle.failure("1.2.3.4", "alice", now)
+    assert throttle.wait_for("9.9.9.9", "ALICE", now) == 1.0  # any address, any case
+    throttle.failure("1.2.3.4", "alice", now + 1)
+    assert throttle.wait_for("1.2.3.4", "alice", now + 1) == 2.0
+    throttle.failure("1.2.3.4", "alice", now + 3)
+    assert throttle.wait_for("1.2.3.4", "alice", now + 3) == 4.0
+    for n in range(30):
+        throttle.failure("1.2.3.4", "alice", 100.0 + n)
+    assert throttle.wait_for("1.2.3.4", "alice", 129.0) == 300.0  # capped
+    throttle.success("1.2.3.4", "alice")
+    assert throttle.wait_for("1.2.3.4", "alice", 129.0) == 0.0
+
+
+def test_per_address_penalty_grows_to_ten_minutes() -> None:
+    throttle = LoginThrottle(per_ip_per_minute=3, per_account_free=1000)
+    now, penalties = 0.0, []
+    for _ in range(12):
+        for name in ("a", "b", "c"):
+            throttle.failure("10.0.0.1", name, now)
+        penalties.append(throttle.wait_for("10.0.0.1", None, now))
+        now += 1000
+    assert penalties[:4] == [1.0, 2.0, 4.0, 8.0] and penalties[-1] == 600.0
+    assert throttle.wait_for("10.0.0.2", None, now) == 0.0
+    assert throttle.wait_for("10.0.0.1", "a", now) == 0.0  # penalty served
+
+
+def test_failures_older_than_a_minute_do_not_count() -> None:
+    throttle = LoginThrottle(per_ip_per_minute=3, per_account_free=1000)
+    throttle.failure("10.0.0.1", "a", 0.0)
+    throttle.failure("10.0.0.1", "b", 30.0)
+    throttle.failure("10.0.0.1", "c", 61.0)
+    assert throttle.wait_for("10.0.0.1", None, 61.0) == 0.0
+
+
+def test_window_limit() -> None:
+    limit = WindowLimit(limit=2, window=3600.0)
+    limit.record("k", 0.0)
+    limit.record("k", 10.0)
+    assert limit.wait_for("k", 20.0) == 3580.0
+    assert limit.wait_for("other", 20.0) == 0.0
+    assert limit.wait_for("k", 3600.0) == 0.0
+
+
+def test_tables_are_capped() -> None:
+    table: LRUTable[int] = LRUTable(capacity=3)
+    for n in range(5):
+        table.put(str(n), n)
+    assert len(table) == 3 and table.get("0") is None and table.get("4") == 4
+
+
+def test_ipv6_is_counted_per_64() -> None:
+    assert ip_key("2001:db8:1:2:aaaa::1") == ip_key("2001:db8:1:2:bbbb::2") == "2001:db8:1:2::/64"
+    assert ip_key("2001:db8:1:3::1") != ip_key("2001:db8:1:2::1")
+    assert ip_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert ip_key("127.0.0.2") == "127.0.0.2"
+
+
+def test_connection_counter() -> None:
+    counter = ConnectionCounter()
+    counter.add("a")
+    counter.add("a")
+    counter.add("b")
+    assert (counter.total, counter.count("a"), counter.count("c")) == (3, 2, 0)
+    counter.remove("a")
+    counter.remove("a")
+    assert (counter.total, counter.count("a")) == (1, 0)
