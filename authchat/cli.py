@@ -17,7 +17,7 @@ import signal
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -37,11 +37,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class CliError(click.ClickException):
-    """An error shown as one line, with the exit status it calls for."""
+    """An error shown as one line: `Error: …`, exit status 1."""
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+
+class CliSetupError(CliError):
+    """Bad configuration, or a database that stayed busy: exit status 2."""
+
+    exit_code = 2
 
 
 class AuthchatGroup(click.Group):
@@ -51,7 +53,7 @@ class AuthchatGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (ConfigError, StoreBusy) as e:
-            raise CliError(str(e), exit_code=2) from None
+            raise CliSetupError(str(e)) from None
         except AuthchatError as e:
             raise CliError(str(e)) from None
         except sqlite3.Error as e:
@@ -385,7 +387,7 @@ def _user_json(user: User) -> dict[str, Any]:
             "last_login_at": user.last_login_at}
 
 
-def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
     for row in (header, *rows):
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

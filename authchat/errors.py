@@ -106,5 +106,9 @@ class SchemaError(AuthchatError):
     """The database schema cannot be used by this version of authchat."""
 
 
+class StorageError(AuthchatError):
+    """The database could not complete the operation."""
+
+
 class StoreBusy(AuthchatError):
     """The database stayed busy; nothing was changed, try again."""

@@ -41,7 +41,7 @@ def normalize_password(password: str) -> str:
 @functools.cache
 def common_passwords() -> frozenset[str]:
     """The 30,000 most common passwords of zxcvbn's maintained list, lower-cased."""
-    from zxcvbn.frequency_lists import FREQUENCY_LISTS
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS  # type: ignore[import-untyped]
 
     return frozenset(p.casefold() for p in FREQUENCY_LISTS["passwords"])
 

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import random
-import re
 import secrets
 import sqlite3
 import threading
@@ -31,7 +30,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -43,29 +41,25 @@ from .errors import (
     NoSuchUser,
     RegistrationClosed,
     SchemaError,
+    StorageError,
     StoreBusy,
     UsernameTaken,
 )
+from . import schema
 from .passwords import PasswordHasher, PasswordPolicy
+from .schema import Migration, known_migrations
 from .usernames import validate_username
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
 BUSY_RETRIES = 3
+SQLITE_WAL_RESET_FIXED = (3, 51, 3)
 ROLES = ("user", "admin")
-_MIGRATION_NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 
 
 def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
 
 
 @dataclass(frozen=True)
@@ -99,28 +93,6 @@ class AuditEntry:
     action: str
     target: str
     detail: dict[str, Any]
-
-
-def migrations_dir() -> Path:
-    """Where the numbered SQL files are.
-
-    An installed package carries them as authchat/migrations (pyproject maps
-    the top-level folder there); a source checkout or an editable install
-    keeps them at the top level of the repository.
-    """
-    packaged = resources.files("authchat") / "migrations"
-    if packaged.is_dir():
-        return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "migrations"
-
-
-def known_migrations() -> list[Migration]:
-    found = []
-    for path in sorted(migrations_dir().glob("*.sql")):
-        match = _MIGRATION_NAME.fullmatch(path.name)
-        if match:
-            found.append(Migration(int(match[1]), match[2], path.read_text("utf-8")))
-    return found
 
 
 class Store:
@@ -196,16 +168,20 @@ class Store:
         Raises:
             StoreBusy: the write lock stayed taken through the busy timeout
                 and a few jittered retries; nothing was written.
+            StorageError: SQLite could not write (disk full, I/O error);
+                nothing was written.
         """
         conn = self.connection()
         _begin_immediate(conn)
         try:
             yield conn
-        except BaseException:
+            conn.execute("COMMIT")
+        except BaseException as e:
             if conn.in_transaction:  # SQLite may already have rolled back (disk full)
                 conn.execute("ROLLBACK")
+            if isinstance(e, sqlite3.OperationalError):
+                raise StorageError(f"database error: {e}") from e
             raise
-        conn.execute("COMMIT")
 
     def pragmas(self) -> dict[str, Any]:
         conn = self.connection()
@@ -216,8 +192,18 @@ class Store:
         """Changes when any other connection (another thread or process) commits."""
         return int(self.connection().execute("PRAGMA data_version").fetchone()[0])
 
-    def quick_check(self) -> None:
-        """Raises SchemaError if SQLite finds the file damaged."""
+    def check_health(self) -> None:
+        """Check the file at start-up.
+
+        Raises:
+            SchemaError: SQLite's quick_check finds the file damaged.
+        """
+        if sqlite3.sqlite_version_info < SQLITE_WAL_RESET_FIXED:
+            # Server and admin CLI are exactly the concurrent writers the bug needs.
+            log.warning("SQLite %s has the WAL-reset bug fixed in 3.51.3; a database written "
+                        "by the server and the admin CLI at once could be damaged. Keep "
+                        "backups, or use a Python built with a newer SQLite",
+                        sqlite3.sqlite_version)
         result = self.connection().execute("PRAGMA quick_check").fetchone()[0]
         if result != "ok":
             raise SchemaError(f"database {self.path} is damaged: {result}")
@@ -225,12 +211,10 @@ class Store:
     # -- migrations -------------------------------------------------------
 
     def schema_version(self) -> int:
-        return _schema_version(self.connection())
+        return schema.version(self.connection())
 
     def pending_migrations(self) -> list[Migration]:
-        current = self.schema_version()
-        _refuse_newer(current)
-        return [m for m in known_migrations() if m.version > current]
+        return schema.pending(self.connection())
 
     def migrate(self) -> list[Migration]:
         """Apply every pending migration, each in its own transaction.
@@ -242,26 +226,15 @@ class Store:
             SchemaError: the database is newer than this code knows.
         """
         applied = []
-        for migration in known_migrations():
+        for migration in schema.known_migrations():
             with self.transaction() as conn:
-                conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
-                             "version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-                             "applied_at TEXT NOT NULL)")
-                current = _schema_version(conn)
-                _refuse_newer(current)
-                if migration.version <= current:
-                    continue
-                for statement in _split_statements(migration.sql):
-                    conn.execute(statement)
-                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)",
-                             (migration.version, migration.name, utc_now()))
-                applied.append(migration)
-                log.info("applied migration %04d_%s", migration.version, migration.name)
+                if schema.apply(conn, migration, utc_now()):
+                    applied.append(migration)
+                    log.info("applied migration %04d_%s", migration.version, migration.name)
         return applied
 
     def ensure_schema(self) -> None:
         """Refuse a database newer than this code, and bring an older one up to date."""
-        _refuse_newer(self.schema_version())
         if self.pending_migrations():
             self.migrate()
 
@@ -307,7 +280,7 @@ class Store:
         row = None
         if isinstance(username, str) and len(username) <= 64:
             row = self.connection().execute(
-                "SELECT id, password_hash, disabled FROM users WHERE username = ?",
+                f"SELECT {_USER_COLUMNS}, password_hash FROM users WHERE username = ?",
                 (username,)).fetchone()
         if not self.hasher.verify(password, row["password_hash"] if row else None):
             raise BadCredentials()
@@ -317,11 +290,14 @@ class Store:
         new_hash = None
         if self.hasher.needs_rehash(row["password_hash"]):
             new_hash = self.hasher.hash(password)
-        now = utc_now()
         try:
-            return self._record_login(row["id"], row["password_hash"], new_hash, now)
+            return self._record_login(row["id"], row["password_hash"], new_hash, utc_now())
         except NoSuchUser:  # deleted while we were hashing
             raise BadCredentials() from None
+        except StorageError as e:
+            # The password was right; a full disk should not lock everyone out.
+            log.warning("could not record the login of user id %d: %s", row["id"], e)
+            return _user(row)
 
     def _record_login(self, user_id: int, old_hash: str, new_hash: str | None, now: str) -> User:
         with self.transaction() as conn:
@@ -536,38 +512,3 @@ def _enable_wal(conn: sqlite3.Connection) -> None:
             if "locked" not in str(e) or time.monotonic() > deadline:
                 raise
             time.sleep(random.uniform(0.005, 0.05))
-
-
-def _schema_version(conn: sqlite3.Connection) -> int:
-    try:
-        row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
-    except sqlite3.OperationalError as e:
-        if "no such table" in str(e):
-            return 0
-        raise
-    return int(row[0] or 0)
-
-
-def _refuse_newer(current: int) -> None:
-    known = max((m.version for m in known_migrations()), default=0)
-    if current > known:
-        raise SchemaError(f"database schema version {current} is newer than this authchat "
-                          f"knows ({known}); upgrade authchat instead of downgrading the database")
-
-
-def _split_statements(sql: str) -> Iterator[str]:
-    """Split a migration into statements, because executescript() would COMMIT
-    on its own and break the one-transaction-per-migration rule."""
-    statement = ""
-    for line in sql.splitlines(keepends=True):
-        statement += line
-        if sqlite3.complete_statement(statement):
-            if statement.strip():
-                yield statement
-            statement = ""
-    if statement.strip() and not _only_comments(statement):
-        raise SchemaError("migration ends with an incomplete SQL statement")
-
-
-def _only_comments(sql: str) -> bool:
-    return all(not line.strip() or line.strip().startswith("--") for line in sql.splitlines())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import ssl
@@ -146,11 +147,16 @@ class ServerProcess:
 
     LISTENING = re.compile(rb"listening on (\S+) port (\d+)")
 
-    def __init__(self, home: Path, *args: str, **env: str) -> None:
+    def __init__(self, home: Path, *args: str, max_file_bytes: int | None = None,
+                 **env: str) -> None:
+        def limit_file_size() -> None:  # in the child, before exec
+            if max_file_bytes is not None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "authchat", "serve", "--port", "0", *args],
             env=cli_env(home, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL)
+            stdin=subprocess.DEVNULL, preexec_fn=limit_file_size)
         self.log = b""
         self.address = self._wait_listening()
 

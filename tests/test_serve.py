@@ -37,3 +37,45 @@ def test_sigterm_tells_everyone_and_exits_zero(run_cli: Runner, home: Path) -> N
         server.kill()
     assert b"Traceback" not in server.log
     assert GOOD_PASSWORD.encode() not in server.log
+
+
+@pytest.mark.slow
+def test_a_full_disk_fails_registration_generically_and_loses_nothing(
+        run_cli: Runner, home: Path) -> None:
+    run_cli("users", "add", "alice", "--password-stdin", input=GOOD_PASSWORD + "\n", check=True)
+    limit = sum(p.stat().st_size for p in home.iterdir()) + 160 * 1024
+    server = ServerProcess(home, "--no-tls", max_file_bytes=limit,
+                           AUTHCHAT_LIMITS_REGISTRATIONS_PER_IP_PER_HOUR="1000")
+    welcomed, failure = [], None
+    try:
+        alice = Client(server.address)
+        alice.login("alice")
+        for n in range(500):
+            client = Client(server.address)
+            client.hello()
+            client.send({"type": "register", "username": f"user{n}", "password": GOOD_PASSWORD})
+            reply = client.recv()
+            client.close()
+            if reply["type"] == "welcome":
+                welcomed.append(f"user{n}")
+            else:
+                failure = reply
+                break
+        assert failure == {"type": "error", "code": "server_error", "message": "internal error"}
+        alice.send({"type": "say", "text": "still chatting"})  # the server stays up
+        alice.expect("message", text="still chatting")
+        again = Client(server.address)
+        again.login("alice")  # logging in needs no free space
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+    assert b"internal failure: database error" in server.log
+    assert welcomed
+    from authchat.store import Store
+    from helpers import server_config
+
+    store = Store.from_config(server_config(home))
+    assert store.connection().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    names = {u.username for u in store.list_users()}
+    assert set(welcomed) <= names  # every acknowledged registration is there
+    assert len(names) == len(welcomed) + 1

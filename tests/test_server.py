@@ -56,6 +56,27 @@ def test_bad_credentials_are_identical_for_unknown_user_and_wrong_password(serve
     assert b'"code":"bad_credentials"' in replies[0] and b'"re":"x"' in replies[0]
 
 
+def test_unknown_user_costs_the_same_bcrypt_as_a_wrong_password(servers: Any) -> None:
+    # At cost 8 a hash takes milliseconds, so skipping it for unknown users
+    # would make their replies many times faster; attempts are interleaved so
+    # machine noise hits both sides alike.
+    server = servers(auth__bcrypt_cost=8, limits__failed_logins_per_account=1000,
+                     limits__failed_logins_per_ip_per_minute=1000)
+    add_user(server, "alice")
+    timings: dict[str, list[float]] = {"alice": [], "nobody": []}
+    for _ in range(15):
+        for name in timings:
+            client = Client(server.address)
+            client.hello()
+            started = time.perf_counter()
+            client.send({"type": "login", "username": name, "password": OTHER_PASSWORD})
+            client.expect_error("bad_credentials")
+            timings[name].append(time.perf_counter() - started)
+            client.close()
+    wrong, unknown = (sorted(t)[len(t) // 2] for t in timings.values())
+    assert 0.5 < unknown / wrong < 2.0, (unknown, wrong)
+
+
 def test_disabled_account_is_told_only_after_the_right_password(servers: Any) -> None:
     server = servers()
     add_user(server, "alice")
@@ -482,7 +503,7 @@ def test_cli_demotion_takes_effect(servers: Any, run_cli: Runner) -> None:
     run_cli("users", "role", "root", "user", check=True)
     admin.send({"type": "kick", "username": "bob", "id": 1})
     admin.expect_error("forbidden", re=1)
-    assert eventually(lambda: {"username": "root", "role": "user"} in server.room.who())
+    assert eventually(lambda: {"username": "root", "role": "user"} in server.room.who(), 2.0)
 
 
 # -- order and slow consumers -----------------------------------------------------------

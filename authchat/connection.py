@@ -1,0 +1,476 @@
+"""One client connection, from accept to close, and the session it becomes.
+
+`Connection.run` is the thread of one connection, shaped like socketserver's
+setup / handle / finish: the TLS handshake, then the login handshake (only
+this thread writes until then), then the chat loop, in which this thread only
+reads and a writer thread of the session's own drains its Outbox. Every
+request is answered here; the room does the fan-out.
+
+A failure in one connection is logged and closes that connection only.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import __version__, protocol
+from .errors import AuthchatError, ErrorCode, NoSuchUser, RegistrationClosed
+from .limits import TokenBucket
+from .logs import escape
+from .protocol import (
+    Ban,
+    Dm,
+    Kick,
+    Login,
+    Passwd,
+    Ping,
+    Pong,
+    Quit,
+    Register,
+    Request,
+    Say,
+    ServerProtocol,
+    Violation,
+    Who,
+)
+from .room import Outbox
+from .store import User
+from .transport import PlainTransport, TLSTransport, TransportClosed
+
+if TYPE_CHECKING:
+    from .server import Server
+
+log = logging.getLogger(__name__)
+
+SEND_TIMEOUT_S = 30.0
+SEND_BUFFER_BYTES = 256 * 1024
+TLS_HANDSHAKE_MAX_S = 5.0
+LINGER_S = 1.0                 # how long a closing connection waits for the peer to hang up
+EVICTION_GRACE_S = 2.0         # how long an ended session may take to flush before a hard close
+INTERNAL_ERROR = "internal error"
+
+
+@dataclass
+class Refusal:
+    code: ErrorCode
+    message: str
+    retry_after: float | None = None
+
+
+class Session:
+    """An authenticated client: what the room sees of a connection."""
+
+    def __init__(self, connection: Connection, user: User) -> None:
+        self.connection = connection
+        self._username = user.username
+        self.role = user.role
+        limits = connection.server.config.limits
+        self.outbox = Outbox(limits.outbound_queue_bytes)
+        self.end_reason: str | None = None
+        self.close_by: float | None = None
+        self.bucket = TokenBucket(limits.messages_per_second, limits.message_burst,
+                                  time.monotonic())
+
+    @property
+    def username(self) -> str:
+        return self._username
+
+    def deliver(self, data: bytes) -> None:
+        if not self.outbox.put(data):
+            log.info("evicting %s from %s: outbound queue full", escape(self.username),
+                     self.connection.ip)
+            self.end(ErrorCode.SLOW_CONSUMER, "you fell too far behind", "slow_consumer",
+                     discard=True)
+
+    def reply(self, frame: dict[str, Any]) -> None:
+        self.deliver(protocol.encode(frame))
+
+    def end(self, code: ErrorCode | None, message: str, reason: str,
+            discard: bool = False) -> None:
+        """End the session once: `code` is the last frame the client gets."""
+        final = protocol.encode(protocol.error(code, message)) if code is not None else None
+        if self.outbox.close(final, discard=discard):
+            self.end_reason = reason
+            self.close_by = time.monotonic() + EVICTION_GRACE_S
+
+
+class Connection:
+    """One client connection, from accept to close, run in its own thread."""
+
+    def __init__(self, server: Server, sock: socket.socket, ip: str) -> None:
+        self.server = server
+        self.sock = sock
+        self.ip = ip
+        self.accepted_at = time.monotonic()
+        self.authenticated = False
+        self.session: Session | None = None
+        self.transport: PlainTransport | None = None
+        limits = server.config.limits
+        self.protocol = ServerProtocol(limits.max_frame_bytes, limits.max_text_length)
+        self._reader_done = threading.Event()
+        self._welcome_re: protocol.RequestId = None
+
+    # -- lifecycle: setup, handle, finish ----------------------------------------
+
+    def run(self) -> None:
+        self.server.track(self)
+        log.info("connection from %s", self.ip)
+        try:
+            self._setup()
+            user = self._handshake()
+            if user is not None:
+                self._chat(user)
+        except (OSError, TimeoutError) as e:
+            log.debug("connection from %s ended: %s", self.ip, e)
+        except Exception:  # last resort: one client's crash must not touch the others
+            log.exception("connection from %s failed", self.ip)
+        finally:
+            self._finish()
+
+    def _setup(self) -> None:
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A fixed send buffer turns off the kernel's autotuning, which would
+        # let a client that never reads park up to 4 MiB in kernel memory on
+        # top of its outbound queue.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        context = self.server.tls_context
+        if context is None:
+            self.transport = PlainTransport(self.sock, SEND_TIMEOUT_S)
+        else:
+            self.transport = TLSTransport(self.sock, SEND_TIMEOUT_S, context)
+            deadline = min(self._handshake_deadline, time.monotonic() + TLS_HANDSHAKE_MAX_S)
+            try:
+                self.transport.handshake(deadline)
+            except (ssl.SSLError, TimeoutError, TransportClosed) as e:
+                log.info("TLS handshake with %s failed: %s", self.ip, e)
+                raise TransportClosed("TLS handshake failed") from None
+
+    def _finish(self) -> None:
+        self._reader_done.set()
+        session = self.session
+        if session is not None:
+            log.info("%s left (%s)", escape(session.username), session.end_reason)
+        if self.transport is not None:
+            self.transport.close()
+        else:
+            self.sock.close()
+        self.server.release(self)
+
+    @property
+    def _handshake_deadline(self) -> float:
+        return self.accepted_at + self.server.config.limits.handshake_timeout_s
+
+    def stop_for_shutdown(self) -> None:
+        """Called from the shutdown thread: end this connection with server_shutdown."""
+        if self.session is not None:
+            self.session.end(ErrorCode.SERVER_SHUTDOWN, "the server is shutting down",
+                             "server_shutdown")
+        elif self.transport is not None:
+            self.transport.wake_reader()  # the reader sends the error itself
+
+    def transport_shutdown(self) -> None:
+        if self.transport is not None:
+            self.transport.shutdown()
+
+    # -- before login -------------------------------------------------------
+
+    def _send_now(self, frame: dict[str, Any]) -> None:
+        """Write directly: only before login, when this thread is the only writer."""
+        assert self.transport is not None and self.session is None
+        self.transport.sendall(protocol.encode(frame))
+
+    def _fail(self, code: ErrorCode, message: str, re_: protocol.RequestId = None,
+              retry_after: float | None = None) -> None:
+        """Send a fatal error before login, then close gracefully."""
+        self._send_now(protocol.error(code, message, re_, retry_after))
+        self._linger()
+
+    def _linger(self) -> None:
+        """Let the peer read what we sent: half-close, drain briefly, then close."""
+        assert self.transport is not None
+        self.transport.finish_sending()
+        deadline = time.monotonic() + LINGER_S
+        try:
+            while self.transport.recv(deadline):
+                pass
+        except (OSError, TimeoutError):
+            pass
+
+    def _handshake(self) -> User | None:
+        cfg = self.server.config
+        self._send_now(protocol.hello(f"authchat/{__version__}", cfg.server.registration,
+                                      self.server.tls_context is not None))
+        assert self.transport is not None
+        while True:
+            try:
+                data = self.transport.recv(self._handshake_deadline)
+            except TimeoutError:
+                self._fail(ErrorCode.HANDSHAKE_TIMEOUT, "log in within "
+                           f"{cfg.limits.handshake_timeout_s:g} seconds")
+                return None
+            if self.server.stopping.is_set():
+                self._fail(ErrorCode.SERVER_SHUTDOWN, "the server is shutting down")
+                return None
+            if not data:
+                return None
+            self.protocol.receive_data(data)
+            while (event := self.protocol.next_event()) is not None:
+                outcome = self._handshake_event(event)
+                if outcome is not None:
+                    return outcome if isinstance(outcome, User) else None
+
+    def _handshake_event(self, event: protocol.Event) -> User | bool | None:
+        """Handle one event before login: a User once in, False to close, None to go on."""
+        if isinstance(event, Violation):
+            if event.fatal:
+                self._fail(event.code, event.message, event.re)
+                return False
+            self._send_now(protocol.error(event.code, event.message, event.re))
+            return None
+        if isinstance(event, Ping):
+            self._send_now(protocol.pong(event.id))
+            return None
+        if isinstance(event, Quit):
+            self._linger()
+            return False
+        assert isinstance(event, (Login, Register))
+        user = self._authenticate(event)
+        if user is not None:
+            self._welcome_re = event.id
+            return user
+        if self.protocol.auth_failed():
+            log.info("closing %s after %d failed logins", self.ip, protocol.MAX_AUTH_FAILURES)
+            self._linger()
+            return False
+        return None
+
+    def _authenticate(self, request: Login | Register) -> User | None:
+        """Log in or register; on failure the client has its error and None comes back."""
+        server, name = self.server, request.username
+        refusal = self._precheck(request)
+        if refusal is None:
+            with server.hashing(self._handshake_deadline) as got_slot:
+                if not got_slot:
+                    refusal = Refusal(ErrorCode.RATE_LIMITED, "the server is busy; try again", 1.0)
+                else:
+                    try:
+                        return self._check_credentials(request)
+                    except AuthchatError as e:
+                        refusal = Refusal(e.code, _public_message(e))
+                    except Exception:  # last resort: answer, and keep serving others
+                        log.exception("%s from %s failed", type(request).__name__, self.ip)
+                        refusal = Refusal(ErrorCode.SERVER_ERROR, INTERNAL_ERROR)
+        self._send_now(protocol.error(refusal.code, refusal.message, request.id,
+                                      refusal.retry_after))
+        log.info("%s failed from %s: %s (user %s)", type(request).__name__.lower(), self.ip,
+                 refusal.code, escape(name[:64]))
+        return None
+
+    def _precheck(self, request: Login | Register) -> Refusal | None:
+        """The refusals that need no password hash."""
+        server, mode = self.server, self.server.config.server.registration
+        if isinstance(request, Register):
+            if mode == "closed" or (mode == "invite" and request.invite is None):
+                return Refusal(ErrorCode.REGISTRATION_CLOSED,
+                               "registration needs an invite" if mode == "invite"
+                               else "registration is closed")
+            wait = server.registration_wait(self.ip)
+            if wait > 0:
+                return Refusal(ErrorCode.RATE_LIMITED, "too many registrations; try later", wait)
+            return None
+        wait = server.auth_wait(self.ip, request.username)
+        if wait > 0:
+            return Refusal(ErrorCode.RATE_LIMITED, "too many failed logins; try later", wait)
+        return None
+
+    def _check_credentials(self, request: Login | Register) -> User:
+        server, store = self.server, self.server.store
+        try:
+            if isinstance(request, Register):
+                invite = request.invite if server.config.server.registration == "invite" else None
+                user = store.create_user(request.username, request.password, actor="register",
+                                         invite=invite)
+                server.registered(self.ip)
+                log.info("registered %s from %s", escape(user.username), self.ip)
+                return user
+            user = store.authenticate(request.username, request.password)
+        except AuthchatError as e:
+            if isinstance(request, Login) or isinstance(e, RegistrationClosed):
+                server.auth_failed(self.ip, request.username)
+            raise
+        finally:
+            store.release_connection()
+        server.auth_succeeded(self.ip, user.username)
+        log.info("login %s from %s", escape(user.username), self.ip)
+        return user
+
+    # -- in the room ------------------------------------------------------------
+
+    def _chat(self, user: User) -> None:
+        session = Session(self, user)
+        admitted = self.server.room.enter(
+            session, lambda names: protocol.encode(
+                protocol.welcome(user.username, user.role, names, self._welcome_re)))
+        self.protocol.authenticated()
+        self.authenticated = True
+        self.server.mark_authenticated()
+        if not admitted:
+            self._fail(ErrorCode.TOO_MANY_SESSIONS, "too many sessions for this account")
+            return
+        self.session = session
+        writer = self.server.spawn(self._write_loop, f"writer-{user.username}")
+        try:
+            self._read_loop(session)
+        finally:
+            self._reader_done.set()
+            session.end(None, "", "disconnect")
+            self.server.room.leave(session, session.end_reason or "disconnect")
+            writer.join(EVICTION_GRACE_S + SEND_TIMEOUT_S)
+
+    def _read_loop(self, session: Session) -> None:
+        assert self.transport is not None
+        limits = self.server.config.limits
+        last_heard = time.monotonic()
+        pinged = False
+        while not session.outbox.closed:
+            wait = limits.ping_timeout_s if pinged else limits.ping_interval_s
+            try:
+                data = self.transport.recv(last_heard + wait)
+            except TimeoutError:
+                if pinged:
+                    session.end(None, "", "timeout")
+                    return
+                session.reply(protocol.ping())
+                pinged = True
+                continue
+            if not data:
+                return
+            last_heard, pinged = time.monotonic(), False
+            self.protocol.receive_data(data)
+            while not session.outbox.closed and (event := self.protocol.next_event()):
+                self._chat_event(session, event)
+
+    def _chat_event(self, session: Session, event: protocol.Event) -> None:
+        if isinstance(event, Violation):
+            if event.fatal:
+                session.end(event.code, event.message, "disconnect")
+            else:
+                session.reply(protocol.error(event.code, event.message, event.re))
+            return
+        if isinstance(event, Pong):
+            return
+        wait = session.bucket.take(time.monotonic())
+        if wait > 0:
+            session.reply(protocol.error(ErrorCode.RATE_LIMITED, "slow down", event.id, wait))
+            time.sleep(wait)  # back-pressure: read no more from a flooder until it may send
+            return
+        try:
+            self._dispatch(session, event)
+        except AuthchatError as e:
+            session.reply(protocol.error(e.code, _public_message(e), event.id))
+        except Exception:
+            log.exception("request from %s failed", escape(session.username))
+            session.reply(protocol.error(ErrorCode.SERVER_ERROR, INTERNAL_ERROR, event.id))
+
+    def _dispatch(self, session: Session, request: Request) -> None:
+        room = self.server.room
+        if isinstance(request, Say):
+            msg_id = room.say(session, request.text)
+            if request.id is not None:
+                session.reply(protocol.ok(request.id, message=msg_id))
+        elif isinstance(request, Dm):
+            dm_id = room.direct(session, request.to, request.text)
+            if dm_id is None:
+                raise NoSuchUser(f"{request.to[:64]} is not online")
+            if request.id is not None:
+                session.reply(protocol.ok(request.id, message=dm_id))
+        elif isinstance(request, Who):
+            session.reply(protocol.who(room.who(), request.id))
+        elif isinstance(request, Ping):
+            session.reply(protocol.pong(request.id))
+        elif isinstance(request, Quit):
+            if request.id is not None:
+                session.reply(protocol.ok(request.id))
+            session.end(None, "", "quit")
+        elif isinstance(request, Passwd):
+            self._change_password(session, request)
+        elif isinstance(request, (Kick, Ban)):
+            self._moderate(session, request)
+
+    def _change_password(self, session: Session, request: Passwd) -> None:
+        store = self.server.store
+        deadline = time.monotonic() + self.server.config.limits.handshake_timeout_s
+        try:
+            with self.server.hashing(deadline) as got_slot:
+                if not got_slot:
+                    session.reply(protocol.error(ErrorCode.RATE_LIMITED, "the server is busy",
+                                                 request.id, 1.0))
+                    return
+                store.authenticate(session.username, request.old)
+                store.set_password(session.username, request.new,
+                                   actor=f"user:{session.username}")
+        finally:
+            store.release_connection()
+        log.info("%s changed their password", escape(session.username))
+        session.reply(protocol.ok(request.id))
+
+    def _moderate(self, session: Session, request: Kick | Ban) -> None:
+        store = self.server.store
+        try:
+            actor = store.get_user(session.username)  # the role as it is now, not at login
+            if actor.role != "admin" or actor.disabled:
+                session.reply(protocol.error(ErrorCode.FORBIDDEN, "admins only", request.id))
+                return
+            if request.username.lower() == session.username.lower():
+                session.reply(protocol.error(ErrorCode.BAD_REQUEST, "you cannot do that to "
+                                             "yourself", request.id))
+                return
+            targets = self.server.room.sessions_of(request.username)
+            if isinstance(request, Ban):
+                store.set_disabled(request.username, True, actor=f"user:{session.username}")
+            elif not targets:
+                raise NoSuchUser(f"{request.username[:64]} is not online")
+        finally:
+            store.release_connection()
+        verb = "banned" if isinstance(request, Ban) else "kicked"
+        note = f"{verb} by {session.username}" + (f": {request.reason}" if request.reason else "")
+        for target in targets:
+            assert isinstance(target, Session)
+            target.end(ErrorCode.KICKED, note, "kicked")
+        log.info("%s %s %s (%s)", escape(session.username), verb, escape(request.username),
+                 escape(request.reason))
+        session.reply(protocol.ok(request.id))
+
+    def _write_loop(self) -> None:
+        session, transport = self.session, self.transport
+        assert session is not None and transport is not None
+        try:
+            while True:
+                data, done = session.outbox.take()
+                if data:
+                    transport.sendall(data)
+                if done:
+                    break
+            transport.finish_sending()
+            self._reader_done.wait(LINGER_S)  # let a polite client hang up first
+        except OSError:
+            pass  # the peer is gone; the reader will notice too
+        finally:
+            transport.shutdown()
+
+
+def _public_message(error: AuthchatError) -> str:
+    """What a client may read: never the details of an internal failure."""
+    if error.code is ErrorCode.SERVER_ERROR:
+        log.error("internal failure: %s", error)
+        return INTERNAL_ERROR
+    return error.message
+
+
