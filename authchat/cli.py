@@ -19,16 +19,19 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from . import __version__
+from . import __version__, client, script
+from .client import ClientOptions
 from .config import Config, load_config
 from .errors import AuthchatError, ConfigError, StoreBusy, UsernameTaken
 from .logs import setup_logging
 from .server import Server
 from .store import Store, User
+from .tls import default_known_servers
 from .usernames import validate_username
 
 log = logging.getLogger(__name__)
@@ -131,6 +134,120 @@ def serve(settings: Settings, host: str | None, port: int | None, tls: bool | No
     while not stop.wait(0.5):
         pass
     server.shutdown()
+
+
+# -- the terminal client ------------------------------------------------------
+
+def connection_options(f: F) -> F:
+    """--host, --port, --tls/--no-tls, --cafile, --fingerprint, --insecure.
+
+    Each falls back to the [client] config section and AUTHCHAT_CLIENT_*.
+    """
+    for option in reversed([
+        click.option("--host", help="Server address (default 127.0.0.1)."),
+        click.option("--port", type=click.IntRange(1, 65535), help="Server port (default 5555)."),
+        click.option("--tls/--no-tls", "tls", default=None, help="Use TLS (default on)."),
+        click.option("--cafile", metavar="FILE", help="Verify the server with this CA bundle."),
+        click.option("--fingerprint", metavar="SHA256",
+                     help="Trust the server whose certificate has this SHA-256 fingerprint."),
+        click.option("--insecure", is_flag=True, default=None,
+                     help="Trust any certificate, and allow plaintext to remote hosts. "
+                          "Unsafe."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _client_options(settings: Settings, host: str | None, port: int | None, tls: bool | None,
+                    cafile: str | None, fingerprint: str | None,
+                    insecure: bool | None) -> ClientOptions:
+    config = settings.config(**{"client.host": host, "client.port": port, "client.tls": tls,
+                                "client.cafile": cafile, "client.fingerprint": fingerprint,
+                                "client.insecure": insecure}).client
+    if config.insecure:
+        click.secho("WARNING: --insecure: the server's identity is not checked; anyone on the "
+                    "network path could read and change this session.", fg="red", err=True)
+    return ClientOptions(
+        host=config.host, port=config.port, tls=config.tls, cafile=config.cafile or None,
+        fingerprint=config.fingerprint or None, insecure=config.insecure,
+        known_servers=Path(config.known_servers) if config.known_servers
+        else default_known_servers())
+
+
+def _ask_trust(where: str, seen: str) -> bool:
+    click.echo(f"The server {where} presents a certificate that no authority vouches for.\n"
+               f"Its SHA-256 fingerprint is:\n  {seen}\n"
+               "Check it with the server's operator (the server logs it when it starts).",
+               err=True)
+    return click.confirm("Trust this server and remember it?", default=False, err=True)
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def _read_password(from_stdin: bool, *, confirm: bool) -> str:
+    if from_stdin:
+        return _read_new_password(True)
+    if not sys.stdin.isatty():
+        raise CliError("no terminal to ask for the password on; use --password-stdin")
+    password: str = click.prompt("Password", hide_input=True, confirmation_prompt=confirm,
+                                 err=True)
+    return password
+
+
+@cli.command("register")
+@click.argument("username")
+@connection_options
+@password_stdin_option
+@click.option("--invite", metavar="TOKEN", help="Invite token, for servers that need one.")
+@pass_settings
+def register_command(settings: Settings, /, username: str, password_stdin: bool,
+                     invite: str | None, **connection: Any) -> None:
+    """Create an account on a server."""
+    options = _client_options(settings, **connection)
+    password = _read_password(password_stdin, confirm=True)
+    link = client.open_link(options, _ask_trust if _interactive() else None)
+    try:
+        welcome = client.register(link, username, password, invite)
+    finally:
+        link.close()
+    click.echo(f"registered {welcome['username']} on {options.host}:{options.port}")
+
+
+@cli.command("connect")
+@click.argument("username")
+@connection_options
+@password_stdin_option
+@click.option("--register", "register_first", is_flag=True,
+              help="Create the account first if it does not exist yet.")
+@click.option("--invite", metavar="TOKEN", help="Invite token, with --register.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Scripting mode: print the raw protocol frames.")
+@pass_settings
+def connect_command(settings: Settings, /, username: str, password_stdin: bool,
+                    register_first: bool, invite: str | None, as_json: bool,
+                    **connection: Any) -> None:
+    """Log in and chat (scripting mode when not on a terminal)."""
+    options = _client_options(settings, **connection)
+    password = _read_password(password_stdin, confirm=register_first)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not as_json
+    printer = script.Printer(sys.stdout, as_json, username)
+    chat = client.Chat(options, username, password, printer,
+                       confirm=_ask_trust if _interactive() else None,
+                       reconnect=interactive, register_first=register_first, invite=invite)
+    chat.start()
+    printer.me = chat.username
+    if interactive:
+        from . import tui  # prompt_toolkit is only needed on a terminal
+
+        screen = tui.Screen(chat)
+        chat.on_event = screen.show
+        status = screen.run()
+    else:
+        status = script.run(chat, sys.stdin, printer)
+    if status:
+        raise SystemExit(status)
 
 
 # -- users -----------------------------------------------------------------

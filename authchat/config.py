@@ -98,6 +98,21 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class ClientConfig:
+    host: str = "127.0.0.1"
+    port: int = _opt(5555, low=1, high=65535)
+    tls: bool = True
+    # A CA bundle to verify the server with, instead of the system's.
+    cafile: str = _opt("", path=True)
+    # Pin the server's SHA-256 certificate fingerprint.
+    fingerprint: str = ""
+    # Accept any certificate: no protection against interception.
+    insecure: bool = False
+    # Empty means: known_servers in the platform's user config directory.
+    known_servers: str = _opt("", path=True)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -105,6 +120,7 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -122,6 +138,7 @@ SECTIONS: dict[str, type[Any]] = {
     "tls": TLSConfig,
     "limits": LimitsConfig,
     "logging": LoggingConfig,
+    "client": ClientConfig,
 }
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__, protocol
 from .errors import AuthchatError, ErrorCode, NoSuchUser, RegistrationClosed
 from .limits import TokenBucket
-from .logs import escape
+from .sanitize import escape
 from .protocol import (
     Ban,
     Dm,

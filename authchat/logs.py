@@ -10,24 +10,11 @@ the logger at all.
 from __future__ import annotations
 
 import logging
-import re
 
 from .config import Config
+from .sanitize import escape
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-# C0/C1 controls, DEL, line/paragraph separators and bidi embedding/override/isolate.
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-
-
-def escape(text: str) -> str:
-    """`text` with every unsafe character written as a \\x, \\u escape."""
-    return _UNSAFE.sub(lambda m: _escape_char(m.group()), text)
-
-
-def _escape_char(char: str) -> str:
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class OneLineFormatter(logging.Formatter):

@@ -33,7 +33,7 @@ from .config import Config
 from .connection import TLS_HANDSHAKE_MAX_S, Connection, Refusal, Session
 from .errors import ConfigError, ErrorCode
 from .limits import ConnectionCounter, LoginThrottle, WindowLimit, ip_key
-from .logs import escape
+from .sanitize import escape
 from .room import Room
 from .store import Store
 from .tls import server_context

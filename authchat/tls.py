@@ -6,6 +6,10 @@ When no certificate is configured a self-signed ECDSA P-256 pair is made in
 the data directory on first start (key 0600) and reused, so a fresh install
 is encrypted from the first connection; clients pin its SHA-256 fingerprint.
 
+Clients verify against the system CAs or a given CA file, or pin a
+fingerprint: given on the command line, or remembered on first use in a
+known-servers file, as ssh does with known_hosts.
+
 This module builds contexts and files; it never accepts, reads or writes a socket.
 """
 
@@ -13,9 +17,11 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import hmac
 import ipaddress
 import logging
 import os
+import re
 import socket
 import ssl
 import stat
@@ -147,3 +153,77 @@ def _make_self_signed() -> tuple[bytes, bytes]:
                                         serialization.PrivateFormat.PKCS8,
                                         serialization.NoEncryption())
     return certificate.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+# -- the client side ----------------------------------------------------------
+
+KNOWN_SERVERS_FILENAME = "known_servers"
+_HEX_FINGERPRINT = re.compile(r"[0-9A-F]{64}")
+
+
+def default_known_servers() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("authchat", appauthor=False)) / KNOWN_SERVERS_FILENAME
+
+
+def client_context(*, verify: bool, cafile: str | None = None) -> ssl.SSLContext:
+    """TLS 1.2+ for a client; `verify` checks the chain (system CAs or `cafile`) and name.
+
+    Without `verify` the caller must pin the certificate's fingerprint itself.
+    """
+    context = ssl.create_default_context(cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def normalize_fingerprint(text: str) -> str:
+    """A SHA-256 fingerprint in the form `fingerprint()` prints, from any common spelling.
+
+    Raises:
+        ValueError: not 64 hex digits.
+    """
+    digits = text.strip().upper().removeprefix("SHA256:").replace(":", "").replace(" ", "")
+    if not _HEX_FINGERPRINT.fullmatch(digits):
+        raise ValueError(f"{text!r} is not a SHA-256 fingerprint (64 hex digits)")
+    return ":".join(digits[i:i + 2] for i in range(0, 64, 2))
+
+
+def same_fingerprint(a: str, b: str) -> bool:
+    return hmac.compare_digest(normalize_fingerprint(a), normalize_fingerprint(b))
+
+
+class KnownServers:
+    """Pinned certificate fingerprints per host:port, in a file like ssh's known_hosts.
+
+    One line per server: `host:port FINGERPRINT` (`[::1]:5555` for IPv6).
+    Lines starting with # are comments. Edit the file to forget a server.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def get(self, host: str, port: int) -> str | None:
+        key = server_key(host, port)
+        try:
+            lines = self.path.read_text("utf-8").splitlines()
+        except FileNotFoundError:
+            return None
+        for line in lines:
+            fields = line.split()
+            if len(fields) == 2 and fields[0] == key and not fields[0].startswith("#"):
+                return fields[1]
+        return None
+
+    def remember(self, host: str, port: int, fingerprint_text: str) -> None:
+        ensure_private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
+            f.write(f"{server_key(host, port)} {normalize_fingerprint(fingerprint_text)}\n")
+
+
+def server_key(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

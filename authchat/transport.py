@@ -53,6 +53,9 @@ class PlainTransport:
     def __init__(self, sock: socket.socket, send_timeout: float) -> None:
         self.sock = sock
         sock.settimeout(send_timeout)
+        # sendall may take several send() calls; two threads sending at once
+        # (a client's pong and its typed line) must not interleave bytes.
+        self._send_lock = threading.Lock()
 
     def handshake(self, deadline: float) -> None:
         pass
@@ -63,7 +66,8 @@ class PlainTransport:
         return self.sock.recv(RECV_BYTES)
 
     def sendall(self, data: bytes) -> None:
-        self.sock.sendall(data)
+        with self._send_lock:
+            self.sock.sendall(data)
 
     def finish_sending(self) -> None:
         """Nothing more will be sent: let the peer see end of stream after the data."""
@@ -83,13 +87,16 @@ class PlainTransport:
 class TLSTransport(PlainTransport):
     tls = True
 
-    def __init__(self, sock: socket.socket, send_timeout: float, context: ssl.SSLContext) -> None:
+    def __init__(self, sock: socket.socket, send_timeout: float, context: ssl.SSLContext,
+                 server_hostname: str | None = None) -> None:
+        """A server-side transport, or a client one when `server_hostname` is given."""
         super().__init__(sock, send_timeout)
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
-        self._tls_lock = threading.Lock()   # guards _tls and both BIOs
-        self._send_lock = threading.Lock()  # taken before _tls_lock, never after
+        self._tls = context.wrap_bio(self._incoming, self._outgoing,
+                                     server_side=server_hostname is None,
+                                     server_hostname=server_hostname)
+        self._tls_lock = threading.Lock()  # guards _tls and both BIOs; after _send_lock
 
     def handshake(self, deadline: float) -> None:
         """Run the TLS handshake; raises ssl.SSLError, TimeoutError or TransportClosed."""
@@ -108,6 +115,10 @@ class TLSTransport(PlainTransport):
     @property
     def version(self) -> str | None:
         return self._tls.version()
+
+    def peer_certificate(self) -> bytes | None:
+        """The peer's certificate in DER form, once the handshake is done."""
+        return self._tls.getpeercert(binary_form=True)
 
     def recv(self, deadline: float | None) -> bytes:
         while True:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from authchat.logs import FORMAT, OneLineFormatter, escape
+from authchat.logs import FORMAT, OneLineFormatter
+from authchat.sanitize import escape
 
 
 def test_escape_neutralises_control_and_bidi_characters() -> None:
-    assert escape("plain é 🔥") == "plain é 🔥"
+    assert escape("plain é 🔥 \\ \t") == "plain é 🔥 \\ \\x09"
     assert escape("x\nINFO admin login ok") == "x\\x0aINFO admin login ok"
     assert escape("\x1b[2J\u2028\u202eevil\x85") == "\\x1b[2J\\u2028\\u202eevil\\x85"
 

@@ -1,0 +1,527 @@
+"""The client library: connect with TLS trust, log in, chat, survive drops.
+
+`open_link()` makes one connection: TCP, TLS with the trust rules below, and
+the server's `hello`. `login()` / `register()` run the handshake on it.
+`Chat` is a logged-in session for a user interface: a reader thread turns
+server frames into calls of `on_event`, answers the server's pings, pairs
+replies with requests, and, if allowed, reconnects with backoff after a drop,
+logging in again with the password it was given.
+
+TLS trust, safe by default: a certificate that verifies against the system
+CAs (or `cafile`) is accepted; otherwise the SHA-256 fingerprint must match
+`fingerprint`, or the one pinned for this host:port in the known-servers file,
+or the user must confirm it (trust on first use), after which it is pinned.
+A changed fingerprint is refused, never prompted for. Passwords are never
+sent in plaintext to a host that is not loopback unless `insecure` is set.
+
+Both transports let the reader thread and a sending thread share one
+connection safely. No UI, no click, no store here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import protocol
+from .errors import AuthchatError, ErrorCode
+from .protocol import FrameDecoder, ProtocolError
+from .tls import KnownServers, client_context, default_known_servers, fingerprint, \
+    normalize_fingerprint, same_fingerprint
+from .transport import PlainTransport, TLSTransport, TransportClosed
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0
+REPLY_TIMEOUT_S = 15.0
+SEND_TIMEOUT_S = 30.0
+MAX_FRAME_BYTES = 1024 * 1024  # the server's frames are small; this only bounds a rogue one
+BACKOFF_START_S = 1.0
+BACKOFF_MAX_S = 30.0
+
+# What a person reads for each error code the server may send.
+ERROR_TEXT = {
+    ErrorCode.BAD_CREDENTIALS: "wrong username or password",
+    ErrorCode.USERNAME_TAKEN: "that username is taken",
+    ErrorCode.INVALID_USERNAME: "that username is not allowed",
+    ErrorCode.INVALID_PASSWORD: "that password is not allowed",
+    ErrorCode.REGISTRATION_CLOSED: "the server does not accept new accounts",
+    ErrorCode.ACCOUNT_DISABLED: "this account is disabled",
+    ErrorCode.RATE_LIMITED: "too many attempts; wait and try again",
+    ErrorCode.TOO_MANY_CONNECTIONS: "the server has too many connections",
+    ErrorCode.HANDSHAKE_TIMEOUT: "the server gave up waiting for the login",
+    ErrorCode.SLOW_CONSUMER: "the connection fell too far behind",
+    ErrorCode.FORBIDDEN: "only admins may do that",
+    ErrorCode.NO_SUCH_USER: "no such user online",
+    ErrorCode.TEXT_TOO_LONG: "that message is too long",
+    ErrorCode.KICKED: "you were removed from the server",
+    ErrorCode.TOO_MANY_SESSIONS: "this account has too many sessions open",
+    ErrorCode.SERVER_ERROR: "the server had an internal error",
+    ErrorCode.SERVER_SHUTDOWN: "the server is shutting down",
+}
+# After these the run is over: reconnecting would only repeat them.
+FINAL_CODES = {ErrorCode.KICKED, ErrorCode.ACCOUNT_DISABLED, ErrorCode.BAD_CREDENTIALS}
+
+
+class ClientError(AuthchatError):
+    """The connection could not be made or used."""
+
+
+class TrustError(ClientError):
+    """The server's certificate is not trusted."""
+
+
+class ServerError(ClientError):
+    """The server answered with an error frame."""
+
+    def __init__(self, frame: dict[str, Any]) -> None:
+        self.frame = frame
+        self.code_text = str(frame.get("code", ""))
+        self.retry_after = frame.get("retry_after")
+        super().__init__(describe_error(frame))
+
+
+def describe_error(frame: dict[str, Any]) -> str:
+    """One sentence for an error frame: our words for the code, the server's detail."""
+    code = str(frame.get("code", ""))
+    detail = str(frame.get("message", ""))
+    known = ERROR_TEXT.get(ErrorCode(code)) if code in ErrorCode._value2member_map_ else None
+    text = known or detail or code or "unknown error"
+    if known and detail and detail.lower().rstrip(".") not in known:
+        text += f" ({detail.rstrip('.')})"
+    if isinstance(frame.get("retry_after"), (int, float)):
+        text += f"; retry in {frame['retry_after']:.0f} s"
+    return text
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    host: str = "127.0.0.1"
+    port: int = 5555
+    tls: bool = True
+    cafile: str | None = None
+    fingerprint: str | None = None
+    insecure: bool = False
+    known_servers: Path = field(default_factory=default_known_servers)
+    timeout: float = CONNECT_TIMEOUT_S
+
+
+Confirm = Callable[[str, str], bool]  # (host:port, fingerprint) -> trust it?
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Link:
+    """One open connection to a server, after its `hello`."""
+
+    def __init__(self, transport: PlainTransport, fingerprint: str | None) -> None:
+        self.transport = transport
+        self.fingerprint = fingerprint
+        self._decoder = FrameDecoder(MAX_FRAME_BYTES)
+        self.hello: dict[str, Any] = {}
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.transport.sendall(protocol.encode(frame))
+
+    def read(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next frame, or None once the server has closed the connection.
+
+        Raises:
+            TimeoutError: nothing complete arrived within `timeout`.
+            ClientError: the server sent something that is not a frame.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                line = self._decoder.next_line()
+                if line is not None:
+                    if not line.strip():
+                        continue
+                    frame = protocol.decode_frame(line)
+                    if isinstance(frame.get("type"), str):
+                        return frame
+                    raise ClientError("the server sent a frame without a type")
+            except ProtocolError as e:
+                raise ClientError(f"the server sent something unreadable: {e}") from None
+            data = self.transport.recv(deadline)
+            if not data:
+                return None
+            self._decoder.receive_data(data)
+
+    def close(self) -> None:
+        self.transport.shutdown()
+        self.transport.close()
+
+
+def open_link(options: ClientOptions, confirm: Confirm | None = None) -> Link:
+    """Connect, secure and greet: returns a Link whose `hello` has arrived.
+
+    `confirm` asks a person to trust an unknown self-signed certificate; without
+    it (a script) such a certificate is refused.
+
+    Raises:
+        TrustError: plaintext to a remote host, or an untrusted certificate.
+        ClientError: the server cannot be reached or does not speak authchat.
+    """
+    host, port = options.host, options.port
+    if not options.tls and not is_loopback(host) and not options.insecure:
+        raise TrustError(f"refusing to send a password unencrypted to {host}; "
+                         "use TLS, or --insecure if you really mean it")
+    if not options.tls:
+        link = Link(PlainTransport(_connect(options), SEND_TIMEOUT_S), None)
+    else:
+        link = _open_tls(options, confirm)
+    try:
+        hello = link.read(options.timeout)
+    except (OSError, TimeoutError) as e:
+        link.close()
+        raise ClientError(f"{host}:{port} did not greet us: {e}") from None
+    if hello is None or hello.get("type") != "hello":
+        link.close()
+        if hello is not None and hello.get("type") == "error":
+            raise ServerError(hello)
+        raise ClientError(f"{host}:{port} is not an authchat server")
+    link.hello = hello
+    return link
+
+
+def _connect(options: ClientOptions) -> socket.socket:
+    try:
+        return socket.create_connection((options.host, options.port), timeout=options.timeout)
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise ClientError(f"cannot connect to {options.host}:{options.port}: {reason}") from None
+
+
+def _handshake(options: ClientOptions, context: ssl.SSLContext) -> TLSTransport:
+    transport = TLSTransport(_connect(options), SEND_TIMEOUT_S, context,
+                             server_hostname=options.host)
+    try:
+        transport.handshake(time.monotonic() + options.timeout)
+    except BaseException:
+        transport.close()
+        raise
+    return transport
+
+
+def _open_tls(options: ClientOptions, confirm: Confirm | None) -> Link:
+    where = f"{options.host}:{options.port}"
+    try:
+        if options.cafile or not (options.insecure or options.fingerprint):
+            pinned = None if options.cafile else \
+                KnownServers(options.known_servers).get(options.host, options.port)
+            if pinned is None:
+                return _open_verified(options, confirm)
+            return _open_pinned(options, pinned, where, pinned=True)
+        if options.fingerprint:
+            return _open_pinned(options, options.fingerprint, where, pinned=False)
+        transport = _handshake(options, client_context(verify=False))
+        return Link(transport, fingerprint(transport.peer_certificate() or b""))
+    except (ssl.SSLError, TransportClosed, TimeoutError) as e:
+        if isinstance(e, ssl.SSLCertVerificationError):
+            raise TrustError(f"the certificate of {where} does not verify: "
+                             f"{e.verify_message}") from None
+        raise ClientError(f"TLS with {where} failed: {e}") from None
+
+
+def _open_verified(options: ClientOptions, confirm: Confirm | None) -> Link:
+    """System CAs (or cafile) first; a self-signed certificate goes to trust on first use."""
+    try:
+        transport = _handshake(options, client_context(verify=True, cafile=options.cafile))
+        return Link(transport, fingerprint(transport.peer_certificate() or b""))
+    except ssl.SSLCertVerificationError:
+        if options.cafile:
+            raise
+    transport = _handshake(options, client_context(verify=False))
+    seen = fingerprint(transport.peer_certificate() or b"")
+    where = f"{options.host}:{options.port}"
+    if confirm is None:
+        transport.close()
+        raise TrustError(
+            f"{where} has a certificate no authority vouches for, with SHA-256 fingerprint "
+            f"{seen}. To trust it, check that fingerprint with the server's operator and pass "
+            "--fingerprint, or use --cafile or --insecure")
+    if not confirm(where, seen):
+        transport.close()
+        raise TrustError(f"not trusting {where}")
+    KnownServers(options.known_servers).remember(options.host, options.port, seen)
+    return Link(transport, seen)
+
+
+def _open_pinned(options: ClientOptions, expected: str, where: str, *, pinned: bool) -> Link:
+    transport = _handshake(options, client_context(verify=False))
+    seen = fingerprint(transport.peer_certificate() or b"")
+    try:
+        matches = same_fingerprint(seen, expected)
+    except ValueError:
+        transport.close()
+        raise TrustError(f"{expected!r} is not a SHA-256 fingerprint") from None
+    if not matches:
+        transport.close()
+        source = f"the fingerprint remembered in {options.known_servers}" if pinned \
+            else "the fingerprint you gave"
+        raise TrustError(
+            f"WARNING: THE CERTIFICATE OF {where} HAS CHANGED. Someone may be intercepting "
+            f"the connection, or the server got a new certificate. It is {seen}, not "
+            f"{normalize_fingerprint(expected)} ({source}). Connection refused; if the change "
+            "is expected, pass --fingerprint or edit the known-servers file")
+    return Link(transport, seen)
+
+
+def _authenticate(link: Link, frame: dict[str, Any], timeout: float) -> dict[str, Any]:
+    link.send(frame)
+    while True:
+        reply = link.read(timeout)
+        if reply is None:
+            raise ClientError("the server closed the connection during login")
+        if reply.get("type") == "welcome":
+            return reply
+        if reply.get("type") == "error":
+            raise ServerError(reply)
+
+
+def login(link: Link, username: str, password: str,
+          timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
+    """Log in; returns the welcome frame. Raises ServerError with the server's reason."""
+    return _authenticate(link, {"type": "login", "username": username, "password": password},
+                         timeout)
+
+
+def register(link: Link, username: str, password: str, invite: str | None = None,
+             timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
+    """Create the account and log in; returns the welcome frame."""
+    frame = {"type": "register", "username": username, "password": password}
+    if invite:
+        frame["invite"] = invite
+    return _authenticate(link, frame, timeout)
+
+
+# -- a session that survives drops ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the client itself has to say: `lost`, `reconnecting`, `back`, `ended`."""
+
+    kind: str
+    text: str
+
+
+Event = dict[str, Any] | Notice
+
+
+class _Pending:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.reply: dict[str, Any] | None = None
+
+
+class Chat:
+    """A logged-in session for a user interface.
+
+    `on_event` is called from the reader thread with each server frame (pings
+    are answered, not passed on) and with Notices about the connection.
+    """
+
+    def __init__(self, options: ClientOptions, username: str, password: str,
+                 on_event: Callable[[Event], None], *, confirm: Confirm | None = None,
+                 reconnect: bool = True, register_first: bool = False,
+                 invite: str | None = None) -> None:
+        self.options = options
+        self.username = username
+        self._password = password
+        self.on_event = on_event
+        self.confirm = confirm
+        self.reconnect = reconnect
+        self.register_first = register_first
+        self.invite = invite
+        self.welcome: dict[str, Any] = {}
+        self.ended = threading.Event()
+        self.end_reason: str | None = None
+        self._link: Link | None = None
+        self._pending: dict[str, _Pending] = {}
+        self._pending_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._stop = threading.Event()
+        self._reader: threading.Thread | None = None
+
+    @property
+    def _closing(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self._link.fingerprint if self._link else None
+
+    def start(self) -> dict[str, Any]:
+        """Connect and log in (registering first if asked); returns the welcome.
+
+        Raises:
+            ClientError: the first connection failed; nothing is running.
+        """
+        self._link, self.welcome = self._connect(first=True)
+        self._reader = threading.Thread(target=self._read_loop, name="chat-reader", daemon=True)
+        self._reader.start()
+        return self.welcome
+
+    def _connect(self, first: bool = False) -> tuple[Link, dict[str, Any]]:
+        link = open_link(self.options, self.confirm if first else None)
+        try:
+            if first and self.register_first:
+                try:
+                    return link, register(link, self.username, self._password, self.invite)
+                except ServerError as e:
+                    if e.code_text != ErrorCode.USERNAME_TAKEN:
+                        raise
+            welcome = login(link, self.username, self._password)
+            self.username = welcome.get("username", self.username)
+            return link, welcome
+        except BaseException:
+            link.close()
+            raise
+
+    def request(self, frame: dict[str, Any], timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
+        """Send a request and wait for its direct reply (ok, error, who, pong).
+
+        Raises:
+            ClientError: not connected, or no reply in time.
+        """
+        request_id = f"c{next(self._ids)}"
+        pending = _Pending()
+        with self._pending_lock:
+            self._pending[request_id] = pending
+        try:
+            self.send({**frame, "id": request_id})
+            if not pending.done.wait(timeout):
+                raise ClientError("the server did not answer in time")
+            if pending.reply is None:
+                raise ClientError("the connection was lost before the server answered")
+            return pending.reply
+        finally:
+            with self._pending_lock:
+                self._pending.pop(request_id, None)
+
+    def send(self, frame: dict[str, Any]) -> None:
+        link = self._link
+        if link is None:
+            raise ClientError("not connected; reconnecting")
+        try:
+            link.send(frame)
+        except OSError as e:
+            raise ClientError(f"sending failed: {e.strerror or e}") from None
+
+    def close(self) -> None:
+        """Say goodbye and stop; no reconnecting after this."""
+        self._stop.set()
+        link = self._link
+        if link is not None:
+            try:
+                link.send({"type": "quit"})
+            except OSError:
+                pass
+            link.close()
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(5)
+
+    # -- the reader thread ----------------------------------------------------
+
+    def _read_loop(self) -> None:
+        while True:
+            reason = self._pump()
+            self._fail_pending()
+            if self._closing:
+                self._end("closed")
+                return
+            if reason is not None:  # the server told us why, and it is final
+                self._end(reason)
+                return
+            if not self.reconnect or not self._reconnect():
+                self._end("connection lost")
+                return
+
+    def _pump(self) -> str | None:
+        """Deliver frames until the link drops; a final reason if the server gave one."""
+        link = self._link
+        assert link is not None
+        try:
+            while (frame := link.read()) is not None:
+                final = self._handle(link, frame)
+                if final is not None:
+                    return final
+        except (OSError, ClientError, TimeoutError):
+            pass
+        finally:
+            self._link = None
+            link.close()
+        if not self._closing:
+            self.on_event(Notice("lost", "connection lost"))
+        return None
+
+    def _handle(self, link: Link, frame: dict[str, Any]) -> str | None:
+        kind = frame.get("type")
+        if kind == "ping":
+            link.send(protocol.pong())
+            return None
+        re_ = frame.get("re")
+        if isinstance(re_, str):
+            with self._pending_lock:
+                pending = self._pending.get(re_)
+            if pending is not None:
+                pending.reply = frame
+                pending.done.set()
+                return None
+        self.on_event(frame)
+        if kind == "error" and frame.get("code") in FINAL_CODES:
+            return describe_error(frame)
+        return None
+
+    def _reconnect(self) -> bool:
+        delay = BACKOFF_START_S
+        while not self._closing:
+            self.on_event(Notice("reconnecting", f"reconnecting in {delay:.0f} s"))
+            if self._stop.wait(delay):
+                return False
+            try:
+                self._link, self.welcome = self._connect()
+            except ServerError as e:
+                if e.code_text in FINAL_CODES:
+                    self._end(str(e))
+                    return False
+                if isinstance(e.retry_after, (int, float)):
+                    delay = max(delay, float(e.retry_after))
+            except (ClientError, OSError, TimeoutError) as e:
+                log.debug("reconnect failed: %s", e)
+            else:
+                self.on_event(Notice("back", "reconnected"))
+                self.on_event(self.welcome)
+                return True
+            delay = min(BACKOFF_MAX_S, delay * 2) * random.uniform(0.9, 1.1)
+        return False
+
+    def _fail_pending(self) -> None:
+        with self._pending_lock:
+            for pending in self._pending.values():
+                pending.done.set()
+
+    def _end(self, reason: str) -> None:
+        if not self.ended.is_set():
+            self.end_reason = reason
+            if not self._closing:  # a goodbye the user asked for needs no notice
+                self.on_event(Notice("ended", reason))
+            self.ended.set()

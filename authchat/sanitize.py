@@ -1,0 +1,32 @@
+"""Making text from other people safe to write to a log or a terminal.
+
+Anything a client controls (usernames, messages, reasons) may hold newlines,
+terminal escape sequences or bidi controls. Written raw, they could forge log
+lines, retitle or wipe a terminal, or make text read backwards. `escape`
+writes each such character as a visible \\x or \\u escape instead.
+"""
+
+from __future__ import annotations
+
+import re
+
+# C0/C1 controls, DEL, line/paragraph separators, bidi embedding/override/isolate,
+# and lone surrogates.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_UNSAFE_BUT_NEWLINE = re.compile(
+    r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def escape(text: str) -> str:
+    """`text` on one line, with every unsafe character written as an escape."""
+    return _UNSAFE.sub(_escape_match, text)
+
+
+def escape_keeping_newlines(text: str) -> str:
+    """Like `escape`, but newlines stay: for multi-line messages on a terminal."""
+    return _UNSAFE_BUT_NEWLINE.sub(_escape_match, text)
+
+
+def _escape_match(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

@@ -1,0 +1,122 @@
+"""The interactive chat screen, on prompt_toolkit.
+
+The input line stays at the bottom and is never garbled: events from the
+reader thread are printed with print_formatted_text, which prompt_toolkit
+draws above a running prompt (it hands the drawing to the prompt's own event
+loop). Up/down walk the history of this run; Ctrl-D, Ctrl-C or /quit leave.
+A bottom bar shows who you are, where, and whether the connection is up.
+
+UI only: connecting, reconnecting and the protocol are client.py's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prompt_toolkit import PromptSession, print_formatted_text
+from prompt_toolkit.application import Application
+from prompt_toolkit.formatted_text import FormattedText
+from prompt_toolkit.history import InMemoryHistory
+from prompt_toolkit.styles import Style
+
+from .client import Chat, ClientError, Event, Notice
+from .commands import HELP, Local, Mistake, Send, parse
+from .display import STYLE, render
+
+style = Style.from_dict(STYLE | {"bottom-toolbar": "noreverse #aaaaaa bg:#222222"})
+
+
+class Screen:
+    """The terminal front end of one Chat."""
+
+    def __init__(self, chat: Chat) -> None:
+        self.chat = chat
+        self.session: PromptSession[str] = PromptSession(history=InMemoryHistory())
+        self.status = "connected"
+
+    def show(self, event: Event) -> None:
+        """Print one event above the prompt; safe from any thread."""
+        if isinstance(event, Notice):
+            self.status = {"lost": "connection lost", "reconnecting": "reconnecting…",
+                           "back": "connected", "ended": "disconnected"}.get(event.kind,
+                                                                            self.status)
+        fragments = render(event, self.chat.username)
+        if fragments:
+            print_formatted_text(FormattedText(fragments), style=style)
+        if isinstance(event, Notice) and event.kind == "ended":
+            self._leave_prompt()
+
+    def note(self, text: str, style_class: str = "class:notice") -> None:
+        print_formatted_text(FormattedText([(style_class, text)]), style=style)
+
+    def _leave_prompt(self) -> None:
+        app: Application[Any] = self.session.app
+        if app.is_running and app.loop is not None:
+            app.loop.call_soon_threadsafe(lambda: app.exit(exception=EOFError()))
+
+    def _toolbar(self) -> str:
+        options = self.chat.options
+        security = f"TLS {(self.chat.fingerprint or '')[:17]}…" if options.tls else "NO TLS"
+        return (f" {self.chat.username} @ {options.host}:{options.port}  {security}  "
+                f"[{self.status}]   /help for commands")
+
+    def run(self) -> int:
+        """Read and act on lines until the user leaves or the session ends."""
+        self.show(self.chat.welcome)
+        while not self.chat.ended.is_set():
+            try:
+                line = self.session.prompt("> ", style=style, bottom_toolbar=self._toolbar,
+                                           refresh_interval=1.0)
+            except (EOFError, KeyboardInterrupt):
+                break
+            if not self._act(line):
+                break
+        ended = self.chat.ended.is_set()
+        self.chat.close()
+        return 1 if ended else 0
+
+    def _act(self, line: str) -> bool:
+        """Carry out one typed line; False to leave."""
+        command = parse(line)
+        if isinstance(command, Mistake):
+            self.note(command.hint, "class:error")
+        elif isinstance(command, Local):
+            if command.name == "quit":
+                return False
+            if command.name == "help":
+                self.note(HELP)
+            else:
+                self._change_password()
+        elif isinstance(command, Send):
+            self._request(command.frame)
+        return True
+
+    def _request(self, frame: dict[str, Any]) -> bool:
+        """Send; show the answer unless it is a plain ok. True if the server agreed."""
+        try:
+            reply = self.chat.request(frame)
+        except ClientError as e:
+            self.note(f"!!! {e}", "class:error")
+            return False
+        if reply.get("type") != "ok":  # errors, and who's answer
+            self.show(reply)
+        return reply.get("type") != "error"
+
+    def _change_password(self) -> None:
+        # A session of its own, so no password lands in the up/down history.
+        secret: PromptSession[str] = PromptSession()
+        try:
+            old = secret.prompt("current password: ", is_password=True)
+            new = secret.prompt("new password: ", is_password=True)
+            again = secret.prompt("new password again: ", is_password=True)
+        except (EOFError, KeyboardInterrupt):
+            self.note("password not changed")
+            return
+        if new != again:
+            self.note("the new passwords do not match; password not changed", "class:error")
+        elif self._request({"type": "passwd", "old": old, "new": new}):
+            self.note("password changed")
+
+
+def run(chat: Chat) -> int:
+    return Screen(chat).run()

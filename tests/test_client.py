@@ -1,0 +1,316 @@
+"""The terminal client against the real server: register, connect, trust, scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from authchat.client import Chat, ClientOptions, Notice
+from authchat.tls import CERT_FILENAME, KnownServers
+
+from conftest import GOOD_PASSWORD, cli_env
+from helpers import Client, ServerProcess, add_user, start_server
+
+OTHER_PASSWORD = "an entirely different phrase"
+
+
+@pytest.fixture
+def tls_server(servers: Any) -> Any:
+    server = servers(tls__enabled=True, limits__registrations_per_ip_per_hour=100)
+    add_user(server, "alice")
+    add_user(server, "bob")
+    return server
+
+
+@pytest.fixture
+def client_env(tmp_path: Path) -> dict[str, str]:
+    """A client's environment: its own config directory, so known servers start empty."""
+    return cli_env(tmp_path / "client-home", XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+
+
+def known_servers_file(tmp_path: Path) -> Path:
+    return tmp_path / "xdg" / "authchat" / "known_servers"
+
+
+def authchat(env: dict[str, str], *args: str, input: str | None = None,
+             timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "authchat", *args], input=input, text=True,
+                          capture_output=True, env=env, timeout=timeout,
+                          stdin=None if input is not None else subprocess.DEVNULL)
+
+
+def target(server: Any, *extra: str) -> list[str]:
+    """--port and --fingerprint for a server: trusted the way a careful script would."""
+    return ["--port", str(server.address[1]), "--fingerprint", server.fingerprint, *extra]
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- register ---------------------------------------------------------------------
+
+def test_register_over_the_network(tls_server: Any, client_env: dict[str, str]) -> None:
+    result = authchat(client_env, "register", "carol", *target(tls_server, "--password-stdin"),
+                      input=GOOD_PASSWORD + "\n")
+    port = tls_server.address[1]
+    assert (result.returncode, result.stdout) == (0, f"registered carol on 127.0.0.1:{port}\n")
+    assert tls_server.store.authenticate("carol", GOOD_PASSWORD)
+
+
+@pytest.mark.parametrize("name, password, fragment", [
+    ("ALICE", GOOD_PASSWORD, "that username is taken"),
+    ("carol", "too short", "that password is not allowed (password must be at least 15"),
+    ("admin", GOOD_PASSWORD, "that username is not allowed"),
+])
+def test_register_errors_are_one_clear_line(tls_server: Any, client_env: dict[str, str],
+                                            name: str, password: str, fragment: str) -> None:
+    result = authchat(client_env, "register", name, *target(tls_server, "--password-stdin"),
+                      input=password + "\n")
+    one_line_error(result, fragment)
+
+
+def test_register_when_registration_is_closed(servers: Any, client_env: dict[str, str]) -> None:
+    server = servers(tls__enabled=True, server__registration="closed")
+    result = authchat(client_env, "register", "carol", *target(server, "--password-stdin"),
+                      input=GOOD_PASSWORD + "\n")
+    one_line_error(result, "the server does not accept new accounts")
+
+
+# -- trust ------------------------------------------------------------------------
+
+def test_scripts_never_trust_silently(tls_server: Any, client_env: dict[str, str],
+                                      tmp_path: Path) -> None:
+    result = authchat(client_env, "connect", "alice", "--port", str(tls_server.address[1]),
+                      "--password-stdin", input=GOOD_PASSWORD + "\n")
+    one_line_error(result, f"SHA-256 fingerprint {tls_server.fingerprint}")
+    assert "--fingerprint" in result.stderr
+    assert not known_servers_file(tmp_path).exists()
+
+
+def test_cafile_verifies_the_server(tls_server: Any, client_env: dict[str, str]) -> None:
+    cafile = tls_server.config.data_dir / CERT_FILENAME
+    result = authchat(client_env, "connect", "alice", "--port", str(tls_server.address[1]),
+                      "--cafile", str(cafile), "--password-stdin",
+                      input=GOOD_PASSWORD + "\nvia cafile\n")
+    assert result.returncode == 0, result.stderr
+    assert "<alice> via cafile" in result.stdout
+
+
+def test_insecure_is_loud(tls_server: Any, client_env: dict[str, str]) -> None:
+    result = authchat(client_env, "connect", "alice", "--port", str(tls_server.address[1]),
+                      "--insecure", "--password-stdin", input=GOOD_PASSWORD + "\nhi\n")
+    assert result.returncode == 0 and "WARNING: --insecure" in result.stderr
+
+
+def run_in_pty(env: dict[str, str], args: list[str], answers: dict[bytes, bytes],
+               timeout: float = 30) -> tuple[int, str]:
+    """Run authchat on a terminal, answering each prompt (a byte string it ends with)."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(sys.executable, [sys.executable, "-m", "authchat", *args], env)
+    transcript, answered = b"", set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        transcript += chunk
+        for prompt, answer in answers.items():
+            if prompt not in answered and prompt in transcript:
+                answered.add(prompt)
+                os.write(fd, answer)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), transcript.decode(errors="replace")
+
+
+def test_trust_on_first_use_then_pinned_then_changed(tmp_path: Path,
+                                                     client_env: dict[str, str]) -> None:
+    server = start_server(tmp_path / "server", tls__enabled=True)
+    try:
+        add_user(server, "alice")
+        port = server.address[1]
+        args = ["register", "dave", "--port", str(port)]
+        status, screen = run_in_pty(client_env, args, {
+            b"Password: ": GOOD_PASSWORD.encode() + b"\r",
+            b"confirmation: ": GOOD_PASSWORD.encode() + b"\r",
+            b"remember it? [y/N]: ": b"y\r"})
+        assert status == 0, screen
+        assert server.fingerprint in screen and "registered dave" in screen
+        pinned = KnownServers(known_servers_file(tmp_path)).get("127.0.0.1", port)
+        assert pinned == server.fingerprint
+        # pinned: a script now connects without any trust flag
+        result = authchat(client_env, "connect", "dave", "--port", str(port),
+                          "--password-stdin", input=GOOD_PASSWORD + "\npinned\n")
+        assert result.returncode == 0 and "<dave> pinned" in result.stdout, result.stderr
+    finally:
+        server.shutdown()
+    # the same address now presents another certificate
+    other = start_server(tmp_path / "impostor", tls__enabled=True, server__port=port)
+    try:
+        assert other.fingerprint != pinned
+        result = authchat(client_env, "connect", "dave", "--port", str(port),
+                          "--password-stdin", input=GOOD_PASSWORD + "\n")
+        one_line_error(result, "HAS CHANGED")
+        assert other.fingerprint in result.stderr and pinned in result.stderr
+        status, screen = run_in_pty(client_env, ["connect", "dave", "--port", str(port)], {
+            b"Password: ": GOOD_PASSWORD.encode() + b"\r"})
+        assert status != 0 and "HAS CHANGED" in screen and "[y/N]" not in screen
+    finally:
+        other.shutdown()
+
+
+def test_refusing_to_trust(tls_server: Any, client_env: dict[str, str], tmp_path: Path) -> None:
+    status, screen = run_in_pty(client_env, ["connect", "alice", "--port",
+                                             str(tls_server.address[1])], {
+        b"Password: ": GOOD_PASSWORD.encode() + b"\r",
+        b"remember it? [y/N]: ": b"n\r"})
+    assert status == 1 and "not trusting" in screen
+    assert not known_servers_file(tmp_path).exists()
+
+
+def test_no_password_in_plaintext_to_a_remote_host(client_env: dict[str, str]) -> None:
+    # Refused before any connection is attempted, so no traffic leaves the machine.
+    result = authchat(client_env, "connect", "alice", "--no-tls", "--host", "chat.example.invalid",
+                      "--password-stdin", input=GOOD_PASSWORD + "\n")
+    one_line_error(result, "refusing to send a password unencrypted to chat.example.invalid")
+
+
+# -- connect ------------------------------------------------------------------------
+
+def test_wrong_password(tls_server: Any, client_env: dict[str, str]) -> None:
+    result = authchat(client_env, "connect", "alice", *target(tls_server, "--password-stdin"),
+                      input=OTHER_PASSWORD + "\nhello\n")
+    one_line_error(result, "wrong username or password")
+
+
+def test_connect_register_creates_the_account_first(tls_server: Any,
+                                                   client_env: dict[str, str]) -> None:
+    for _ in range(2):  # the second time the account exists and it just logs in
+        result = authchat(client_env, "connect", "erin", "--register",
+                          *target(tls_server, "--password-stdin"),
+                          input=GOOD_PASSWORD + "\nhi from erin\n")
+        assert result.returncode == 0, result.stderr
+        assert "<erin> hi from erin" in result.stdout
+
+
+def test_scripting_round_trip_between_two_clients(tls_server: Any,
+                                                  client_env: dict[str, str]) -> None:
+    bob = subprocess.Popen(
+        [sys.executable, "-m", "authchat", "connect", "bob", *target(tls_server),
+         "--password-stdin"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=client_env)
+    assert bob.stdin is not None and bob.stdout is not None
+    bob.stdin.write(GOOD_PASSWORD + "\n/who\n")
+    bob.stdin.flush()
+    assert "online (1): bob" in bob.stdout.readline()  # bob is in the room
+    result = authchat(client_env, "connect", "alice", *target(tls_server, "--password-stdin"),
+                      input=GOOD_PASSWORD + "hello bob\n/dm bob just you\n".join(["\n", ""]))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("<alice> hello bob")
+    assert lines[1].endswith("[alice -> bob] just you")
+    out, err = bob.communicate("thanks alice\n", timeout=30)  # then end of input
+    assert bob.returncode == 0, err
+    seen = out.splitlines()
+    assert seen[0] == "--> alice joined"
+    assert seen[1].endswith("<alice> hello bob") and seen[2].endswith("[alice -> bob] just you")
+    assert seen[3] == "<-- alice left (quit)"
+    assert seen[4].endswith("<bob> thanks alice")
+
+
+def test_json_prints_raw_frames(tls_server: Any, client_env: dict[str, str]) -> None:
+    result = authchat(client_env, "connect", "alice", "--json",
+                      *target(tls_server, "--password-stdin"),
+                      input=GOOD_PASSWORD + "\nraw\n/who\n/dm nobody hi\n")
+    assert result.returncode == 1  # the DM to nobody failed
+    frames = [json.loads(line) for line in result.stdout.splitlines()]
+    assert frames[0]["type"] == "message" and frames[0]["text"] == "raw"
+    assert frames[1]["type"] == "who"
+    assert frames[2]["type"] == "error" and frames[2]["code"] == "no_such_user"
+
+
+def test_many_lines_are_sent_in_order_despite_the_rate_limit(
+        tls_server: Any, client_env: dict[str, str]) -> None:
+    lines = [f"line {n}" for n in range(14)]  # past the burst of 10
+    result = authchat(client_env, "connect", "alice", *target(tls_server, "--password-stdin"),
+                      input=GOOD_PASSWORD + "\n" + "\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    assert [line.split("> ", 1)[1] for line in result.stdout.splitlines()] == lines
+
+
+def test_kicked_ends_a_script_with_the_reason(servers: Any, client_env: dict[str, str]) -> None:
+    server = servers(tls__enabled=True)
+    add_user(server, "alice")
+    add_user(server, "root", role="admin")
+    alice = subprocess.Popen(
+        [sys.executable, "-m", "authchat", "connect", "alice", *target(server),
+         "--password-stdin"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=client_env)
+    assert alice.stdin is not None and alice.stdout is not None
+    alice.stdin.write(GOOD_PASSWORD + "\n/who\n")
+    alice.stdin.flush()
+    alice.stdout.readline()
+    admin = Client(server.address, cafile=server.config.data_dir / CERT_FILENAME)
+    admin.login("root")
+    admin.send({"type": "kick", "username": "alice", "reason": "testing"})
+    admin.expect("ok")
+    alice.wait(timeout=30)  # it ends by itself, its input still open
+    err = alice.stderr.read() if alice.stderr else ""
+    alice.stdin.close()
+    assert alice.returncode == 1 and "removed from the server (kicked by root: testing)" in err
+
+
+# -- reconnecting ---------------------------------------------------------------------
+
+def test_reconnects_after_a_server_restart(tmp_path: Path, run_cli: Any, home: Path) -> None:
+    run_cli("users", "add", "alice", "--password-stdin", input=GOOD_PASSWORD + "\n", check=True)
+    server = ServerProcess(home, "--no-tls")
+    port = server.address[1]
+    events: list[Any] = []
+    changed = threading.Condition()
+
+    def on_event(event: Any) -> None:
+        with changed:
+            events.append(event)
+            changed.notify_all()
+
+    def wait_for(predicate: Any, timeout: float = 20) -> None:
+        with changed:
+            assert changed.wait_for(lambda: any(predicate(e) for e in events), timeout), events
+
+    options = ClientOptions(port=port, tls=False, known_servers=tmp_path / "known")
+    chat = Chat(options, "alice", GOOD_PASSWORD, on_event)
+    try:
+        chat.start()
+        assert server.terminate() == 0
+        wait_for(lambda e: isinstance(e, dict) and e.get("code") == "server_shutdown")
+        wait_for(lambda e: isinstance(e, Notice) and e.kind == "reconnecting")
+        server = ServerProcess(home, "--no-tls", "--port", str(port))
+        wait_for(lambda e: isinstance(e, Notice) and e.kind == "back")
+        assert chat.request({"type": "say", "text": "back again"})["type"] == "ok"
+        wait_for(lambda e: isinstance(e, dict) and e.get("text") == "back again")
+        assert not chat.ended.is_set()
+    finally:
+        chat.close()
+        server.kill()

@@ -1,0 +1,60 @@
+"""How events read on a terminal, and what typed lines mean."""
+
+from __future__ import annotations
+
+from authchat.client import Notice
+from authchat.commands import Local, Mistake, Send, parse
+from authchat.display import plain, render
+
+
+def message(sender: str, text: str) -> dict[str, object]:
+    return {"type": "message", "id": 1, "from": sender, "text": text,
+            "ts": "2026-11-24T10:00:00.000Z"}
+
+
+def test_no_escape_sequence_reaches_the_terminal() -> None:
+    hostile = message("mallory\x1b[2J", "\x1b]0;pwned\x07 \u202eevil\u202c \x9b31m")
+    line = plain(render(hostile, "alice"))
+    assert not any(ch in line for ch in "\x1b\x07\x9b\u202e\u202c")
+    assert "\\x1b]0;pwned\\x07" in line and "\\u202eevil" in line
+
+
+def test_multi_line_messages_stay_readable() -> None:
+    line = plain(render(message("bob", "first\nsecond"), "alice"))
+    first, second = line.split("\n")
+    assert first.endswith("<bob> first")
+    assert second.strip() == "second" and second.index("s") == first.index("f")
+
+
+def test_own_messages_dms_presence_and_notices_look_different() -> None:
+    own = render(message("Alice", "mine"), "alice")
+    other = render(message("bob", "theirs"), "alice")
+    assert ("class:own", "<Alice> ") in own and ("class:sender", "<bob> ") in other
+    dm = render({"type": "dm", "from": "bob", "to": "alice", "text": "psst",
+                 "ts": "2026-11-24T10:00:00Z"}, "alice")
+    assert dm[1] == ("class:dm", "[bob -> alice] ")
+    assert render({"type": "join", "username": "bob"}, "alice") == [
+        ("class:presence", "--> bob joined")]
+    assert render({"type": "leave", "username": "bob", "reason": "quit"}, "alice") == [
+        ("class:presence", "<-- bob left (quit)")]
+    assert render(Notice("lost", "connection lost"), "alice") == [
+        ("class:notice", "*** connection lost")]
+    error = plain(render({"type": "error", "code": "kicked", "message": "kicked by root"}, "a"))
+    assert error == "!!! you were removed from the server (kicked by root)"
+    assert render({"type": "something_new"}, "alice") == []
+
+
+def test_parse_typed_lines() -> None:
+    assert parse("hello") == Send({"type": "say", "text": "hello"})
+    assert parse("   ") is None
+    assert parse("//etc/motd") == Send({"type": "say", "text": "/etc/motd"})
+    assert parse("/who") == Send({"type": "who"})
+    assert parse("/DM bob hi there") == Send({"type": "dm", "to": "bob", "text": "hi there"})
+    assert parse("/msg bob hi") == Send({"type": "dm", "to": "bob", "text": "hi"})
+    assert parse("/kick bob too loud") == Send(
+        {"type": "kick", "username": "bob", "reason": "too loud"})
+    assert parse("/ban bob") == Send({"type": "ban", "username": "bob", "reason": ""})
+    assert parse("/quit") == Local("quit") and parse("/passwd") == Local("passwd")
+    assert isinstance(parse("/dm bob"), Mistake)
+    unknown = parse("/frobnicate now")
+    assert isinstance(unknown, Mistake) and "/help" in unknown.hint
