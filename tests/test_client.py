@@ -314,3 +314,26 @@ def test_reconnects_after_a_server_restart(tmp_path: Path, run_cli: Any, home: P
     finally:
         chat.close()
         server.kill()
+
+
+def test_a_drop_ends_a_script_with_status_3(run_cli: Any, home: Path,
+                                           client_env: dict[str, str]) -> None:
+    run_cli("users", "add", "alice", "--password-stdin", input=GOOD_PASSWORD + "\n", check=True)
+    server = ServerProcess(home, "--no-tls")
+    try:
+        alice = subprocess.Popen(
+            [sys.executable, "-m", "authchat", "connect", "alice", "--no-tls", "--port",
+             str(server.address[1]), "--password-stdin"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=client_env)
+        assert alice.stdin is not None and alice.stdout is not None
+        alice.stdin.write(GOOD_PASSWORD + "\n/who\n")
+        alice.stdin.flush()
+        alice.stdout.readline()
+        assert server.terminate() == 0
+        alice.wait(timeout=30)  # no reconnecting in a script, even with input still open
+        err = alice.stderr.read() if alice.stderr else ""
+        alice.stdin.close()
+        assert alice.returncode == 3, err
+        assert "connection lost" in err
+    finally:
+        server.kill()
