@@ -47,7 +47,7 @@ from .errors import (
 )
 from . import schema
 from .passwords import PasswordHasher, PasswordPolicy
-from .schema import Migration, known_migrations
+from .schema import Migration
 from .usernames import validate_username
 
 log = logging.getLogger(__name__)

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import resource
+import select
 import signal
 import socket
 import ssl
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -120,6 +123,39 @@ class Client:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def run_in_pty(args: list[str], env: dict[str, str], answers: list[tuple[bytes, bytes]],
+               timeout: float = 30) -> tuple[int, str]:
+    """Run `authchat ARGS` with a pty as its terminal; (exit status, what it showed).
+
+    `answers` are (prompt, reply) pairs taken in order: a reply is typed once
+    its prompt has appeared once more than it had been answered, so a prompt
+    asked again (a mismatched confirmation) gets the next reply.
+    """
+    pid, fd = pty.fork()
+    if pid == 0:  # the child
+        os.execve(sys.executable, [sys.executable, "-m", "authchat", *args], env)
+    transcript, pending, answered = b"", list(answers), Counter[bytes]()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        transcript += chunk
+        while pending and transcript.count(pending[0][0]) > answered[pending[0][0]]:
+            prompt, reply = pending.pop(0)
+            answered[prompt] += 1
+            os.write(fd, reply)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), transcript.decode(errors="replace")
 
 
 def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:

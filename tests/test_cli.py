@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import pty
-import select
 import sqlite3
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +12,7 @@ from authchat.config import load_config
 from authchat.store import Store
 
 from conftest import GOOD_PASSWORD, TEST_COST, Runner, assert_one_line_error, cli_env
+from helpers import run_in_pty
 
 OTHER_PASSWORD = "an entirely different phrase"
 
@@ -169,33 +165,10 @@ def test_users_audit(run_cli: Runner) -> None:
 
 
 def test_interactive_password_is_hidden_and_asked_twice(home: Path) -> None:
-    def converse(answers: list[str]) -> tuple[int, str]:
-        pid, fd = pty.fork()
-        if pid == 0:  # the child: authchat with the pty as its terminal
-            os.execve(sys.executable, [sys.executable, "-m", "authchat", "users", "add", "bob"],
-                      cli_env(home))
-        transcript = b""
-        deadline = time.monotonic() + 30
-        pending = list(answers)
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 1)
-            if not ready:
-                continue
-            try:
-                chunk = os.read(fd, 1024)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            transcript += chunk
-            prompts = transcript.count(b"Password:") + transcript.count(b"confirmation:")
-            if pending and prompts > len(answers) - len(pending):
-                os.write(fd, pending.pop(0).encode() + b"\r")
-        _, status = os.waitpid(pid, 0)
-        os.close(fd)
-        return os.waitstatus_to_exitcode(status), transcript.decode(errors="replace")
-
-    status, text = converse([GOOD_PASSWORD, OTHER_PASSWORD, GOOD_PASSWORD, GOOD_PASSWORD])
+    good, other = GOOD_PASSWORD.encode() + b"\r", OTHER_PASSWORD.encode() + b"\r"
+    status, text = run_in_pty(["users", "add", "bob"], cli_env(home), [
+        (b"Password:", good), (b"confirmation:", other),  # a mismatch...
+        (b"Password:", good), (b"confirmation:", good)])  # ...and a second try
     assert status == 0, text
     assert "Password:" in text and "Repeat for confirmation:" in text
     assert "do not match" in text  # the mismatch was caught and asked again

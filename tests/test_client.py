@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import pty
-import select
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +15,7 @@ from authchat.client import Chat, ClientOptions, Notice
 from authchat.tls import CERT_FILENAME, KnownServers
 
 from conftest import GOOD_PASSWORD, cli_env
-from helpers import Client, ServerProcess, add_user, start_server
+from helpers import Client, ServerProcess, add_user, run_in_pty, start_server
 
 OTHER_PASSWORD = "an entirely different phrase"
 
@@ -52,6 +48,13 @@ def authchat(env: dict[str, str], *args: str, input: str | None = None,
 def target(server: Any, *extra: str) -> list[str]:
     """--port and --fingerprint for a server: trusted the way a careful script would."""
     return ["--port", str(server.address[1]), "--fingerprint", server.fingerprint, *extra]
+
+
+def script_client(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """`authchat connect ARGS` in scripting mode, its stdin held open by the test."""
+    return subprocess.Popen([sys.executable, "-m", "authchat", "connect", *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
@@ -116,45 +119,16 @@ def test_insecure_is_loud(tls_server: Any, client_env: dict[str, str]) -> None:
     assert result.returncode == 0 and "WARNING: --insecure" in result.stderr
 
 
-def run_in_pty(env: dict[str, str], args: list[str], answers: dict[bytes, bytes],
-               timeout: float = 30) -> tuple[int, str]:
-    """Run authchat on a terminal, answering each prompt (a byte string it ends with)."""
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execve(sys.executable, [sys.executable, "-m", "authchat", *args], env)
-    transcript, answered = b"", set()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.5)
-        if not ready:
-            continue
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        transcript += chunk
-        for prompt, answer in answers.items():
-            if prompt not in answered and prompt in transcript:
-                answered.add(prompt)
-                os.write(fd, answer)
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    return os.waitstatus_to_exitcode(status), transcript.decode(errors="replace")
-
-
 def test_trust_on_first_use_then_pinned_then_changed(tmp_path: Path,
                                                      client_env: dict[str, str]) -> None:
     server = start_server(tmp_path / "server", tls__enabled=True)
     try:
         add_user(server, "alice")
         port = server.address[1]
-        args = ["register", "dave", "--port", str(port)]
-        status, screen = run_in_pty(client_env, args, {
-            b"Password: ": GOOD_PASSWORD.encode() + b"\r",
-            b"confirmation: ": GOOD_PASSWORD.encode() + b"\r",
-            b"remember it? [y/N]: ": b"y\r"})
+        password = GOOD_PASSWORD.encode() + b"\r"
+        status, screen = run_in_pty(["register", "dave", "--port", str(port)], client_env, [
+            (b"Password: ", password), (b"confirmation: ", password),
+            (b"remember it? [y/N]: ", b"y\r")])
         assert status == 0, screen
         assert server.fingerprint in screen and "registered dave" in screen
         pinned = KnownServers(known_servers_file(tmp_path)).get("127.0.0.1", port)
@@ -173,18 +147,17 @@ def test_trust_on_first_use_then_pinned_then_changed(tmp_path: Path,
                           "--password-stdin", input=GOOD_PASSWORD + "\n")
         one_line_error(result, "HAS CHANGED")
         assert other.fingerprint in result.stderr and pinned in result.stderr
-        status, screen = run_in_pty(client_env, ["connect", "dave", "--port", str(port)], {
-            b"Password: ": GOOD_PASSWORD.encode() + b"\r"})
+        status, screen = run_in_pty(["connect", "dave", "--port", str(port)], client_env, [
+            (b"Password: ", GOOD_PASSWORD.encode() + b"\r")])
         assert status != 0 and "HAS CHANGED" in screen and "[y/N]" not in screen
     finally:
         other.shutdown()
 
 
 def test_refusing_to_trust(tls_server: Any, client_env: dict[str, str], tmp_path: Path) -> None:
-    status, screen = run_in_pty(client_env, ["connect", "alice", "--port",
-                                             str(tls_server.address[1])], {
-        b"Password: ": GOOD_PASSWORD.encode() + b"\r",
-        b"remember it? [y/N]: ": b"n\r"})
+    status, screen = run_in_pty(["connect", "alice", "--port", str(tls_server.address[1])],
+                                client_env, [(b"Password: ", GOOD_PASSWORD.encode() + b"\r"),
+                                             (b"remember it? [y/N]: ", b"n\r")])
     assert status == 1 and "not trusting" in screen
     assert not known_servers_file(tmp_path).exists()
 
@@ -216,10 +189,7 @@ def test_connect_register_creates_the_account_first(tls_server: Any,
 
 def test_scripting_round_trip_between_two_clients(tls_server: Any,
                                                   client_env: dict[str, str]) -> None:
-    bob = subprocess.Popen(
-        [sys.executable, "-m", "authchat", "connect", "bob", *target(tls_server),
-         "--password-stdin"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, env=client_env)
+    bob = script_client(client_env, "bob", *target(tls_server, "--password-stdin"))
     assert bob.stdin is not None and bob.stdout is not None
     bob.stdin.write(GOOD_PASSWORD + "\n/who\n")
     bob.stdin.flush()
@@ -263,10 +233,7 @@ def test_kicked_ends_a_script_with_the_reason(servers: Any, client_env: dict[str
     server = servers(tls__enabled=True)
     add_user(server, "alice")
     add_user(server, "root", role="admin")
-    alice = subprocess.Popen(
-        [sys.executable, "-m", "authchat", "connect", "alice", *target(server),
-         "--password-stdin"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, env=client_env)
+    alice = script_client(client_env, "alice", *target(server, "--password-stdin"))
     assert alice.stdin is not None and alice.stdout is not None
     alice.stdin.write(GOOD_PASSWORD + "\n/who\n")
     alice.stdin.flush()
@@ -321,10 +288,8 @@ def test_a_drop_ends_a_script_with_status_3(run_cli: Any, home: Path,
     run_cli("users", "add", "alice", "--password-stdin", input=GOOD_PASSWORD + "\n", check=True)
     server = ServerProcess(home, "--no-tls")
     try:
-        alice = subprocess.Popen(
-            [sys.executable, "-m", "authchat", "connect", "alice", "--no-tls", "--port",
-             str(server.address[1]), "--password-stdin"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=client_env)
+        alice = script_client(client_env, "alice", "--no-tls", "--port",
+                              str(server.address[1]), "--password-stdin")
         assert alice.stdin is not None and alice.stdout is not None
         alice.stdin.write(GOOD_PASSWORD + "\n/who\n")
         alice.stdin.flush()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -499,7 +498,7 @@ def test_cli_demotion_takes_effect(servers: Any, run_cli: Runner) -> None:
     server = servers()
     add_user(server, "root", role="admin")
     add_user(server, "bob")
-    admin, _bob = logged_in(server, "root"), logged_in(server, "bob")
+    admin = logged_in(server, "root")
     run_cli("users", "role", "root", "user", check=True)
     admin.send({"type": "kick", "username": "bob", "id": 1})
     admin.expect_error("forbidden", re=1)

@@ -20,7 +20,8 @@ from authchat.errors import (
     SchemaError,
     UsernameTaken,
 )
-from authchat.store import Store, known_migrations
+from authchat.schema import known_migrations
+from authchat.store import Store
 
 from conftest import GOOD_PASSWORD, TEST_COST
 
