@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, protocol
-from .errors import AuthchatError, ErrorCode, NoSuchUser, RegistrationClosed
+from .errors import AuthchatError, ErrorCode, NoSuchUser, RegistrationClosed, UsernameTaken
 from .limits import TokenBucket
 from .sanitize import escape
 from .protocol import (
@@ -304,6 +304,8 @@ class Connection:
         except AuthchatError as e:
             if isinstance(request, Login) or isinstance(e, RegistrationClosed):
                 server.auth_failed(self.ip, request.username)
+            elif isinstance(e, UsernameTaken):
+                server.registered(self.ip)  # probing for names spends the IP's registrations
             raise
         finally:
             store.release_connection()
@@ -325,14 +327,16 @@ class Connection:
             self._fail(ErrorCode.TOO_MANY_SESSIONS, "too many sessions for this account")
             return
         self.session = session
-        writer = self.server.spawn(self._write_loop, f"writer-{user.username}")
+        writer: threading.Thread | None = None
         try:
+            writer = self.server.spawn(self._write_loop, f"writer-{user.username}")
             self._read_loop(session)
         finally:
             self._reader_done.set()
             session.end(None, "", "disconnect")
             self.server.room.leave(session, session.end_reason or "disconnect")
-            writer.join(EVICTION_GRACE_S + SEND_TIMEOUT_S)
+            if writer is not None:
+                writer.join(EVICTION_GRACE_S + SEND_TIMEOUT_S)
 
     def _read_loop(self, session: Session) -> None:
         assert self.transport is not None

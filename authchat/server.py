@@ -37,7 +37,7 @@ from .sanitize import escape
 from .room import Room
 from .store import Store
 from .tls import server_context
-from .transport import TLSTransport
+from .transport import TLSTransport, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ ACCEPT_BACKOFF_S = 0.1
 THREAD_STACK_BYTES = 512 * 1024
 REFUSAL_THREADS = 16           # TLS refusals in flight at once; past that, just close
 HASH_QUEUE_PER_SLOT = 4        # bcrypt waiters allowed per concurrent hash
-LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
 
 
 class Server:
@@ -86,12 +85,13 @@ class Server:
             OSError: the address cannot be bound.
         """
         cfg = self.config
-        if not cfg.tls.enabled and cfg.server.host not in LOOPBACK_HOSTS \
+        if not cfg.tls.enabled and not is_loopback(cfg.server.host) \
                 and not cfg.server.allow_plaintext:
             raise ConfigError(f"refusing plaintext on {cfg.server.host}: passwords would cross "
                               "the network readable; enable TLS or set allow_plaintext = true")
         self.store.ensure_schema()
         self.store.check_health()
+        self.store.hasher.prepare()
         if cfg.tls.enabled:
             self.tls_context, self.fingerprint = server_context(cfg)
         _raise_open_files_limit()
@@ -145,10 +145,10 @@ class Server:
 
     def spawn(self, target: Callable[[], None], name: str) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()  # first: a thread that failed to start must never be joined
         with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
-        thread.start()
         return thread
 
     # -- accepting ----------------------------------------------------------
