@@ -29,6 +29,7 @@ from .client import ClientOptions
 from .config import Config, load_config
 from .errors import AuthchatError, ConfigError, StoreBusy, UsernameTaken
 from .logs import setup_logging
+from .sanitize import escape
 from .server import Server
 from .store import Store, User
 from .tls import default_known_servers
@@ -212,7 +213,7 @@ def register_command(settings: Settings, /, username: str, password_stdin: bool,
         welcome = client.register(link, username, password, invite)
     finally:
         link.close()
-    click.echo(f"registered {welcome['username']} on {options.host}:{options.port}")
+    click.echo(f"registered {escape(str(welcome['username']))} on {options.host}:{options.port}")
 
 
 @cli.command("connect")
@@ -413,7 +414,7 @@ def invites_list(settings: Settings, as_json: bool) -> None:
 
 
 @invites.command("revoke")
-@click.argument("invite_id", metavar="ID", type=int)
+@click.argument("invite_id", metavar="ID", type=click.IntRange(1, 2**63 - 1))
 @pass_settings
 def invites_revoke(settings: Settings, invite_id: int) -> None:
     """Revoke an invite so it can no longer be used."""
@@ -484,7 +485,8 @@ def _read_new_password(from_stdin: bool) -> str:
     return password
 
 
-_DURATION = re.compile(r"(\d+)([smhdw])")
+_DURATION = re.compile(r"(\d{1,9})([smhdw])")
+MAX_DURATION = timedelta(days=100 * 365)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -495,7 +497,11 @@ def _parse_duration(text: str) -> timedelta | None:
     if not match or int(match[1]) == 0:
         raise click.BadParameter(f"{text!r} is not a duration like 30m, 12h, 7d or never",
                                  param_hint="'--expires'")
-    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+    duration = timedelta(**{_UNITS[match[2]]: int(match[1])})
+    if duration > MAX_DURATION:
+        raise click.BadParameter(f"{text!r} is more than 100 years; use never",
+                                 param_hint="'--expires'")
+    return duration
 
 
 def _user_json(user: User) -> dict[str, Any]:

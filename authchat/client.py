@@ -20,7 +20,6 @@ connection safely. No UI, no click, no store here.
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import logging
 import random
@@ -36,9 +35,10 @@ from typing import Any
 from . import protocol
 from .errors import AuthchatError, ErrorCode
 from .protocol import FrameDecoder, ProtocolError
+from .sanitize import escape
 from .tls import KnownServers, client_context, default_known_servers, fingerprint, \
     normalize_fingerprint, same_fingerprint
-from .transport import PlainTransport, TLSTransport, TransportClosed
+from .transport import PlainTransport, TLSTransport, TransportClosed, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def describe_error(frame: dict[str, Any]) -> str:
         text += f" ({detail.rstrip('.')})"
     if isinstance(frame.get("retry_after"), (int, float)):
         text += f"; retry in {frame['retry_after']:.0f} s"
-    return text
+    return escape(text)  # the server's words may reach a terminal
 
 
 @dataclass(frozen=True)
@@ -117,15 +117,6 @@ class ClientOptions:
 
 
 Confirm = Callable[[str, str], bool]  # (host:port, fingerprint) -> trust it?
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Link:

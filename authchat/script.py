@@ -20,12 +20,18 @@ from typing import TextIO
 from .client import Chat, ClientError, Event, Notice, describe_error
 from .commands import HELP, Local, Mistake, Send, parse
 from .display import plain, render
+from .sanitize import escape
 
 EXIT_OK = 0
 EXIT_FAILED = 1        # a line was refused, or the server ended the session
 EXIT_CONNECTION_LOST = 3
 MAX_RATE_LIMIT_WAITS = 20
 ENDED_POLL_S = 0.2
+
+
+def complain(text: str) -> None:
+    """One line on stderr; server-supplied text in it cannot drive the terminal."""
+    print(f"authchat: {escape(text)}", file=sys.stderr, flush=True)
 
 
 class Printer:
@@ -39,7 +45,7 @@ class Printer:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, Notice) and self.as_json:
-            print(f"authchat: {event.text}", file=sys.stderr, flush=True)
+            complain(event.text)
             return
         line = json.dumps(event, ensure_ascii=False, separators=(",", ":")) \
             if self.as_json and isinstance(event, dict) else plain(render(event, self.me))
@@ -81,7 +87,7 @@ def run(chat: Chat, stream: Iterable[str], printer: Printer) -> int:
         if command is None:
             continue
         if isinstance(command, Mistake):
-            print(f"authchat: {command.hint}", file=sys.stderr, flush=True)
+            complain(command.hint)
             failures += 1
         elif isinstance(command, Local):
             if command.name == "quit":
@@ -89,13 +95,13 @@ def run(chat: Chat, stream: Iterable[str], printer: Printer) -> int:
             if command.name == "help":
                 printer.out.write(HELP + "\n")
             else:
-                print("authchat: /passwd needs the interactive client", file=sys.stderr)
+                complain("/passwd needs the interactive client")
                 failures += 1
         elif not _send(chat, command, printer):
             failures += 1
     if chat.ended.is_set():
         lost = chat.end_reason == "connection lost"
-        print(f"authchat: {chat.end_reason}", file=sys.stderr, flush=True)
+        complain(str(chat.end_reason))
         return EXIT_CONNECTION_LOST if lost else EXIT_FAILED
     chat.close()
     return EXIT_OK if failures == 0 else EXIT_FAILED
@@ -107,7 +113,7 @@ def _send(chat: Chat, command: Send, printer: Printer) -> bool:
         try:
             reply = chat.request(command.frame)
         except ClientError as e:
-            print(f"authchat: {e}", file=sys.stderr, flush=True)
+            complain(str(e))
             return False
         if reply.get("type") == "error" and reply.get("code") == "rate_limited":
             time.sleep(float(reply.get("retry_after") or 1.0))
@@ -116,10 +122,10 @@ def _send(chat: Chat, command: Send, printer: Printer) -> bool:
             if printer.as_json:
                 printer(reply)
             else:
-                print(f"authchat: {describe_error(reply)}", file=sys.stderr, flush=True)
+                complain(describe_error(reply))
             return False
         if reply.get("type") != "ok":  # who: the reply is the answer to show
             printer(reply)
         return True
-    print("authchat: still rate limited; giving up on a line", file=sys.stderr, flush=True)
+    complain("still rate limited; giving up on a line")
     return False

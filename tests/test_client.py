@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from authchat.client import Chat, ClientOptions, Notice
+from authchat.client import Chat, ClientOptions, Notice, ServerError, describe_error
 from authchat.tls import CERT_FILENAME, KnownServers
 
 from conftest import GOOD_PASSWORD, cli_env
@@ -65,6 +65,13 @@ def one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> N
 
 
 # -- register ---------------------------------------------------------------------
+
+def test_server_words_cannot_drive_the_terminal() -> None:
+    frame = {"type": "error", "code": "kicked", "message": "bye\x1b]0;pwned\x07\x1b[2J"}
+    for text in (describe_error(frame), str(ServerError(frame))):
+        assert "\x1b" not in text and "\x07" not in text
+        assert "bye" in text and "\\x1b" in text  # shown, written as an escape
+
 
 def test_register_over_the_network(tls_server: Any, client_env: dict[str, str]) -> None:
     result = authchat(client_env, "register", "carol", *target(tls_server, "--password-stdin"),
