@@ -252,6 +252,9 @@ class Store:
         validate_username(username, allow_reserved=allow_reserved)
         _check_role(role)
         self.policy.check(password, username)
+        if self.connection().execute("SELECT 1 FROM users WHERE username = ?",
+                                     (username,)).fetchone():
+            raise UsernameTaken()  # before the hash: a taken name must not cost a bcrypt
         password_hash = self.hasher.hash(password)  # outside the transaction: slow
         now = utc_now()
         with self.transaction() as conn:
