@@ -13,6 +13,7 @@ This module knows nothing of sockets, the database or click.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -236,7 +237,8 @@ def _check_type(value: Any, f: dataclasses.Field[Any], where: str) -> Any:
     elif kind == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif kind == "float":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value)  # nan passes no range check; inf is no setting
         value = float(value) if ok else value
     else:
         ok = isinstance(value, str)

@@ -14,6 +14,7 @@ writer forever.
 
 from __future__ import annotations
 
+import ipaddress
 import select
 import socket
 import ssl
@@ -21,6 +22,16 @@ import threading
 import time
 
 RECV_BYTES = 65536
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine: plaintext there crosses no network."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class TransportClosed(ConnectionError):

@@ -206,6 +206,12 @@ def test_invites_errors(run_cli: Runner) -> None:
     for bad in ("7", "0d", "soon", "-1d"):
         result = run_cli("invites", "create", "--expires", bad)
         assert result.returncode == 2 and "not a duration" in result.stderr, result.stderr
+    result = run_cli("invites", "create", "--expires", "99999999999d")
+    assert result.returncode == 2 and "not a duration" in result.stderr, result.stderr
+    result = run_cli("invites", "create", "--expires", "9999999d")
+    assert result.returncode == 2 and "more than 100 years" in result.stderr, result.stderr
+    result = run_cli("invites", "revoke", "99999999999999999999999")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     result = run_cli("invites", "create", "--uses", "0")
     assert result.returncode == 2 and "--uses" in result.stderr
     result = run_cli("invites", "revoke", "one")

@@ -110,6 +110,8 @@ def test_default_data_dir_is_the_platform_user_data_dir(tmp_path: Path) -> None:
     ("[auth]\nmin_password_length = 7\n", "auth.min_password_length"),
     ("[tls]\nenabled = 1\n", "tls.enabled: expected true or false"),
     ("[server]\nregistration = 'sometimes'\n", "must be one of open, invite, closed"),
+    ("[limits]\nping_interval_s = nan\n", "limits.ping_interval_s: expected a number"),
+    ("[limits]\nping_interval_s = inf\n", "limits.ping_interval_s: expected a number"),
     ("[server\n", "not valid TOML"),
     ("server = 1\n", "server must be a table"),
 ])

@@ -71,6 +71,12 @@ def test_shared_key_file_is_refused(tmp_path: Path) -> None:
 def test_plaintext_on_a_public_address_needs_allow_plaintext(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="allow_plaintext"):
         start_server(tmp_path / "home", server__host="0.0.0.0")
+    # Any loopback address crosses no network, so plaintext there needs no opt-in.
+    server = start_server(tmp_path / "home", server__host="127.0.0.2")
+    try:
+        assert server.address[0] == "127.0.0.2"
+    finally:
+        server.shutdown()
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
@@ -125,19 +131,23 @@ def test_tls_fan_out_loses_nothing(tls_server: Any) -> None:
     expected = per_sender * senders
     counts: dict[str, int] = {}
 
-    def read(name: str, client: Client) -> None:
+    burst = b"".join(b'{"type":"say","text":"hello over tls"}\n' for _ in range(per_sender))
+
+    def read(name: str, client: Client, sends: bool) -> None:
+        # Each test client's SSLSocket is used by this thread alone (C4 holds
+        # for the test's side too): a sender sends its burst, then reads.
+        if sends:
+            client.send(burst)
         ids = []
         while len(ids) < expected:
             ids.append(client.recv(skip=("join", "leave"))["id"])
         assert ids == sorted(ids)
         counts[name] = len(ids)
 
-    readers = [threading.Thread(target=read, args=pair) for pair in zip(names, clients)]
+    readers = [threading.Thread(target=read, args=(name, client, i < senders))
+               for i, (name, client) in enumerate(zip(names, clients))]
     for thread in readers:
         thread.start()
-    for client in clients[:senders]:
-        client.send(b"".join(b'{"type":"say","text":"hello over tls"}\n'
-                             for _ in range(per_sender)))
     for thread in readers:
         thread.join(60)
     assert counts == {name: expected for name in names}
