@@ -3,8 +3,9 @@
 `Connection.run` is the thread of one connection, shaped like socketserver's
 setup / handle / finish: the TLS handshake, then the login handshake (only
 this thread writes until then), then the chat loop, in which this thread only
-reads and a writer thread of the session's own drains its Outbox. Every
-request is answered here; the room does the fan-out.
+reads, and one of the server's writer threads (writers.py) sends what the
+session's Outbox holds. Every request is answered here; the room does the
+fan-out.
 
 A failure in one connection is logged and closes that connection only.
 """
@@ -67,7 +68,11 @@ class Session:
     """An authenticated client: what the room sees of a connection."""
 
     def __init__(self, connection: Connection, user: User) -> None:
+        assert connection.transport is not None
         self.connection = connection
+        self.transport = connection.transport
+        self.reader_done = connection.reader_done
+        self.finished = threading.Event()  # its writer is done with it
         self._username = user.username
         self.role = user.role
         limits = connection.server.config.limits
@@ -83,10 +88,13 @@ class Session:
 
     def deliver(self, data: bytes) -> None:
         if not self.outbox.put(data):
-            log.info("evicting %s from %s: outbound queue full", escape(self.username),
-                     self.connection.ip)
-            self.end(ErrorCode.SLOW_CONSUMER, "you fell too far behind", "slow_consumer",
-                     discard=True)
+            self.evict()
+
+    def evict(self) -> None:
+        log.info("evicting %s from %s: outbound queue full", escape(self.username),
+                 self.connection.ip)
+        self.end(ErrorCode.SLOW_CONSUMER, "you fell too far behind", "slow_consumer",
+                 discard=True)
 
     def reply(self, frame: dict[str, Any]) -> None:
         self.deliver(protocol.encode(frame))
@@ -113,7 +121,7 @@ class Connection:
         self.transport: PlainTransport | None = None
         limits = server.config.limits
         self.protocol = ServerProtocol(limits.max_frame_bytes, limits.max_text_length)
-        self._reader_done = threading.Event()
+        self.reader_done = threading.Event()
         self._welcome_re: protocol.RequestId = None
 
     # -- lifecycle: setup, handle, finish ----------------------------------------
@@ -153,7 +161,7 @@ class Connection:
                 raise TransportClosed("TLS handshake failed") from None
 
     def _finish(self) -> None:
-        self._reader_done.set()
+        self.reader_done.set()
         session = self.session
         if session is not None:
             log.info("%s left (%s)", escape(session.username), session.end_reason)
@@ -327,16 +335,19 @@ class Connection:
             self._fail(ErrorCode.TOO_MANY_SESSIONS, "too many sessions for this account")
             return
         self.session = session
-        writer: threading.Thread | None = None
+        self.server.writers.add(session)
         try:
-            writer = self.server.spawn(self._write_loop, f"writer-{user.username}")
             self._read_loop(session)
         finally:
-            self._reader_done.set()
+            self.reader_done.set()
             session.end(None, "", "disconnect")
             self.server.room.leave(session, session.end_reason or "disconnect")
-            if writer is not None:
-                writer.join(EVICTION_GRACE_S + SEND_TIMEOUT_S)
+            # The writer flushes, half-closes and lingers; close only after it
+            # lets go of the socket, so its descriptor cannot be reused under it.
+            if not session.finished.wait(EVICTION_GRACE_S + SEND_TIMEOUT_S + LINGER_S):
+                log.warning("writer never finished with %s", escape(session.username))
+                self.transport_shutdown()
+                session.finished.wait(EVICTION_GRACE_S)
 
     def _read_loop(self, session: Session) -> None:
         assert self.transport is not None
@@ -451,23 +462,6 @@ class Connection:
         log.info("%s %s %s (%s)", escape(session.username), verb, escape(request.username),
                  escape(request.reason))
         session.reply(protocol.ok(request.id))
-
-    def _write_loop(self) -> None:
-        session, transport = self.session, self.transport
-        assert session is not None and transport is not None
-        try:
-            while True:
-                data, done = session.outbox.take()
-                if data:
-                    transport.sendall(data)
-                if done:
-                    break
-            transport.finish_sending()
-            self._reader_done.wait(LINGER_S)  # let a polite client hang up first
-        except OSError:
-            pass  # the peer is gone; the reader will notice too
-        finally:
-            transport.shutdown()
 
 
 def _public_message(error: AuthchatError) -> str:

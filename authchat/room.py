@@ -2,11 +2,16 @@
 
 One lock guards the member map and the id counter, so joining, leaving and
 every broadcast happen in one global order: all sessions see the same
-messages in the same order. A broadcast encodes its frame once and hands the
-same bytes to each member's `deliver`, which only appends to a bounded
-queue and never blocks; the member's own writer thread does the socket I/O.
-A stalled client therefore costs the room nothing but its queue, and the
-queue's limit ends it.
+messages in the same order.
+
+A broadcast costs the same for ten members as for ten thousand: its frame is
+encoded once and appended to the room's `Feed`, a shared run of frames that
+every member's `Outbox` follows with a cursor of its own. Frames meant for one
+session (a welcome, a reply, a DM) go into that session's outbox, stamped
+with the feed position they were queued at, so each session still receives
+one ordered stream. Writer threads (writers.py) take what is due and do the
+socket I/O; a stalled client costs the room nothing but its backlog, and the
+backlog's limit ends it.
 
 No sockets and no SQL here: the room is tested in memory.
 """
@@ -20,6 +25,8 @@ from typing import Protocol
 
 from . import protocol
 
+BLOCK_FRAMES = 256
+
 
 class Member(Protocol):
     """What the room needs of a session."""
@@ -30,74 +37,181 @@ class Member(Protocol):
     @property
     def role(self) -> str: ...
 
+    @property
+    def outbox(self) -> Outbox: ...
+
     def deliver(self, data: bytes) -> None:
-        """Queue bytes for the client; must not block or call back into the room."""
+        """Queue bytes for this session alone; must not block or call back into the room."""
+
+
+class _Block:
+    """A run of up to BLOCK_FRAMES feed frames. Blocks nobody follows any more are
+    freed by reference counting: the feed needs no trimming."""
+
+    __slots__ = ("first", "frames", "ends", "start_bytes", "next")
+
+    def __init__(self, first: int, start_bytes: int) -> None:
+        self.first = first                # feed position of frames[0]
+        self.frames: list[bytes] = []
+        self.ends: list[int] = []         # feed byte count after each frame
+        self.start_bytes = start_bytes
+        self.next: _Block | None = None
+
+
+class Feed:
+    """The room's broadcast frames, appended under the room lock and read by writers
+    without one: a reader bounds itself by `ends`, which grows after `frames`."""
+
+    def __init__(self) -> None:
+        self._tail = _Block(0, 0)
+        self.count = 0        # frames ever appended: the position after the last one
+        self.total_bytes = 0
+
+    def append(self, data: bytes) -> None:
+        tail = self._tail
+        if len(tail.frames) == BLOCK_FRAMES:
+            new = _Block(self.count, self.total_bytes)
+            tail.next = new  # only ever set on a full block
+            self._tail = tail = new
+        tail.frames.append(data)
+        self.total_bytes += len(data)
+        tail.ends.append(self.total_bytes)
+        self.count += 1
+
+    def end(self) -> tuple[_Block, int]:
+        """A cursor at the feed's current end."""
+        tail = self._tail
+        return tail, len(tail.ends)
 
 
 class Outbox:
-    """A session's bounded queue of outgoing bytes, drained by its writer thread."""
+    """One session's output: the feed from where it joined, plus its own frames.
 
-    def __init__(self, limit_bytes: int) -> None:
+    `take` is for the session's writer alone; the rest is safe from any thread.
+    `wake` is called whenever there is something new to take.
+    """
+
+    def __init__(self, limit_bytes: int, wake: Callable[[], None] = lambda: None) -> None:
         self.limit_bytes = limit_bytes
-        self._chunks: deque[bytes] = deque()
-        self._size = 0
+        self.wake = wake
+        self._lock = threading.Lock()
+        self._own: deque[tuple[int, bytes]] = deque()  # (feed position, frame)
+        self._own_bytes = 0
+        self._feed: Feed | None = None
+        # (block, index): one attribute, so other threads read a consistent pair
+        self._cursor: tuple[_Block, int] | None = None
+        self._stop_at: int | None = None  # feed position where a closed outbox stops
+        self._final: bytes | None = None
+        self._discard = False
         self._closed = False
-        self._cond = threading.Condition(threading.Lock())
+
+    def follow(self, feed: Feed) -> None:
+        """Receive `feed` from its current end on; call under the feed's lock."""
+        self._feed = feed
+        self._cursor = feed.end()
 
     def put(self, data: bytes) -> bool:
-        """Queue `data`; False if it would pass the limit (the caller evicts).
+        """Queue `data` for this session; False if the backlog would pass the limit.
 
         After close() data is silently dropped: the session is already ending.
         """
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return True
-            if self._size + len(data) > self.limit_bytes:
+            if self.backlog_bytes() + len(data) > self.limit_bytes:
                 return False
-            self._chunks.append(data)
-            self._size += len(data)
-            self._cond.notify()
-            return True
+            self._own.append((self._feed.count if self._feed else 0, data))
+            self._own_bytes += len(data)
+        self.wake()
+        return True
 
     def close(self, final: bytes | None = None, *, discard: bool = False) -> bool:
-        """Accept nothing more; `final` goes out last. False if already closed."""
-        with self._cond:
+        """Take nothing more; `final` goes out last. False if already closed.
+
+        With `discard`, whatever the client has not been sent yet is dropped.
+        """
+        with self._lock:
             if self._closed:
                 return False
-            if discard:
-                self._chunks.clear()
-                self._size = 0
-            if final is not None:
-                self._chunks.append(final)
-                self._size += len(final)
             self._closed = True
-            self._cond.notify()
-            return True
+            self._final = final
+            self._stop_at = self._feed.count if self._feed else 0
+            if discard:
+                self._own.clear()
+                self._own_bytes = 0
+                self._discard = True
+        self.wake()
+        return True
 
-    def take(self, timeout: float | None = None) -> tuple[bytes, bool]:
-        """Everything queued, as one write; and whether the queue is closed and now empty."""
-        with self._cond:
-            if not self._chunks and not self._closed:
-                self._cond.wait(timeout)
-            data = b"".join(self._chunks)
-            self._chunks.clear()
-            self._size = 0
-            return data, self._closed
+    def take(self) -> tuple[bytes, bool]:
+        """Everything due, as one write; and whether the outbox is closed and now empty."""
+        with self._lock:
+            own = list(self._own)
+            self._own.clear()
+            self._own_bytes = 0
+            closed, final = self._closed, self._final
+            if closed:
+                self._final = None
+        parts: list[bytes] = []
+        stop = self._stop_at if closed else None
+        if closed and self._discard:
+            self._skip_to(stop)
+        else:
+            for position, data in own:
+                self._read_to(position, parts)
+                parts.append(data)
+            self._read_to(stop, parts)
+        if final is not None:
+            parts.append(final)
+        return b"".join(parts), closed
+
+    def backlog_bytes(self) -> int:
+        """Bytes due but not yet taken: the session's share of the feed plus its own."""
+        return self._own_bytes + self._feed_lag()
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    @property
-    def queued_bytes(self) -> int:
-        return self._size
+    def _feed_lag(self) -> int:
+        cursor, feed = self._cursor, self._feed
+        if cursor is None or feed is None:
+            return 0
+        block, index = cursor
+        done = block.ends[index - 1] if index else block.start_bytes
+        return feed.total_bytes - done
+
+    def _read_to(self, stop: int | None, parts: list[bytes]) -> None:
+        """Append feed frames from the cursor up to position `stop` (None: the end)."""
+        if self._cursor is None:
+            return
+        block, index = self._cursor
+        while True:
+            following = block.next  # read first: a block with a next one is full
+            available = len(block.ends)
+            if stop is not None:
+                available = min(available, stop - block.first)
+            if index < available:
+                parts.extend(block.frames[index:available])
+                index = available
+            if following is None or index < len(block.ends) or \
+                    (stop is not None and following.first >= stop):
+                break
+            block, index = following, 0
+        self._cursor = block, index
+
+    def _skip_to(self, stop: int | None) -> None:
+        self._read_to(stop, [])
 
 
 class Room:
     """The one room every authenticated session is in."""
 
-    def __init__(self, max_sessions_per_user: int) -> None:
+    def __init__(self, max_sessions_per_user: int,
+                 on_broadcast: Callable[[], None] = lambda: None) -> None:
         self.max_sessions_per_user = max_sessions_per_user
+        self.on_broadcast = on_broadcast  # tells the writers the feed has grown
+        self.feed = Feed()
         self._lock = threading.Lock()
         self._members: dict[str, list[Member]] = {}  # lower-cased name -> sessions
         self._last_id = 0
@@ -117,9 +231,10 @@ class Room:
                 return False
             first = not sessions
             sessions.append(member)
+            if first:  # before following the feed: nobody is told of their own join
+                self._broadcast(protocol.encode(protocol.join(member.username)))
+            member.outbox.follow(self.feed)
             member.deliver(welcome(self._usernames()))
-            if first:
-                self._broadcast(protocol.encode(protocol.join(member.username)), skip=member)
             return True
 
     def leave(self, member: Member, reason: str) -> bool:
@@ -185,8 +300,6 @@ class Room:
         self._last_id += 1
         return self._last_id
 
-    def _broadcast(self, data: bytes, skip: Member | None = None) -> None:
-        for sessions in self._members.values():
-            for session in sessions:
-                if session is not skip:
-                    session.deliver(data)
+    def _broadcast(self, data: bytes) -> None:
+        self.feed.append(data)
+        self.on_broadcast()

@@ -8,7 +8,9 @@ Threads:
     other slow work happen in the connection's own thread;
   - one thread per connection (connection.py), reading: it runs the TLS
     handshake, the login/register handshake under one absolute deadline,
-    then the chat loop; and one writer thread per authenticated session;
+    then the chat loop;
+  - WRITER_THREADS writer threads (writers.py) that send every session's
+    output through non-blocking sockets;
   - one housekeeping thread: live revocation of accounts changed by the admin
     CLI (via PRAGMA data_version) and forced closes of ended sessions whose
     client stopped reading.
@@ -30,7 +32,8 @@ from collections.abc import Callable
 
 from . import protocol
 from .config import Config
-from .connection import TLS_HANDSHAKE_MAX_S, Connection, Refusal, Session
+from .connection import LINGER_S, SEND_TIMEOUT_S, TLS_HANDSHAKE_MAX_S, Connection, Refusal, \
+    Session
 from .errors import ConfigError, ErrorCode
 from .limits import ConnectionCounter, LoginThrottle, WindowLimit, ip_key
 from .sanitize import escape
@@ -38,6 +41,7 @@ from .room import Room
 from .store import Store
 from .tls import server_context
 from .transport import TLSTransport, is_loopback
+from .writers import WriterPool
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ HOUSEKEEPING_INTERVAL_S = 0.5
 ACCEPT_POLL_S = 0.5
 ACCEPT_BACKOFF_S = 0.1
 THREAD_STACK_BYTES = 512 * 1024
+WRITER_THREADS = 2             # measured against 1 and 4: docs/benchmarks.md
 REFUSAL_THREADS = 16           # TLS refusals in flight at once; past that, just close
 HASH_QUEUE_PER_SLOT = 4        # bcrypt waiters allowed per concurrent hash
 
@@ -56,6 +61,8 @@ class Server:
         self.config = config
         self.store = store
         self.room = Room(config.limits.max_sessions_per_user)
+        self.writers = WriterPool(self.room.feed, WRITER_THREADS, SEND_TIMEOUT_S, LINGER_S)
+        self.room.on_broadcast = self.writers.wake_all
         self.ready = threading.Event()
         self.stopping = threading.Event()
         self.tls_context: ssl.SSLContext | None = None
@@ -100,6 +107,7 @@ class Server:
                                               family=_family(cfg.server.host))
         self.spawn(self._accept_loop, "accept")
         self.spawn(self._housekeeping_loop, "housekeeping")
+        self.writers.start(self.spawn)
         host, port = self.address
         log.info("listening on %s port %d, TLS %s, registration %s", host, port,
                  f"on (SHA-256 fingerprint {self.fingerprint})" if self.fingerprint else "OFF",
@@ -119,6 +127,7 @@ class Server:
         log.info("shutting down")
         self.stopping.set()
         self.room.closing = True
+        self.writers.stop()  # they end once every session is finished
         with self._lock:
             connections = list(self._connections)
         for conn in connections:

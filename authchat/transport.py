@@ -1,11 +1,17 @@
 """Byte transports over one accepted socket: plaintext, or TLS through memory BIOs.
 
-A session has a reader thread and a writer thread. OpenSSL's SSL objects must
-not be used from two threads at once (SECURITY.md C4), so TLS is not done by
-an SSLSocket: `TLSTransport` drives an `ssl.SSLObject` over two `MemoryBIO`s
-under one lock, while both threads do plain-socket I/O outside it. A second
-lock keeps encrypted records in order on the wire when both threads have
-some to send (the reader does only after TLS housekeeping such as a key update).
+Until login one thread does everything, with blocking sends. In the room a
+connection has two threads: its reader, and one of the server's writer
+threads (writers.py), which drives the socket non-blocking after
+`go_async()`: bytes are `enqueue`d, then sent as far as the socket takes them
+by `send_unsent`, the rest kept in order for the next try.
+
+OpenSSL's SSL objects must not be used from two threads at once (SECURITY.md
+C4), so TLS is not done by an SSLSocket: `TLSTransport` drives an
+`ssl.SSLObject` over two `MemoryBIO`s under one lock, while both threads do
+plain-socket I/O outside it. A second lock keeps encrypted records in order on
+the wire; after `go_async` only the writer sends, and records the reader makes
+(TLS housekeeping such as a key update) join the same unsent queue.
 
 Reads wait with poll() against a deadline of their own, so the socket's
 timeout is left to bound writes: a client that stops reading cannot hold a
@@ -20,6 +26,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 
 RECV_BYTES = 65536
 
@@ -67,18 +74,65 @@ class PlainTransport:
         # sendall may take several send() calls; two threads sending at once
         # (a client's pong and its typed line) must not interleave bytes.
         self._send_lock = threading.Lock()
+        self._unsent = bytearray()  # after go_async: bytes the socket has not taken yet
+        self._on_output: Callable[[], None] | None = None
 
     def handshake(self, deadline: float) -> None:
         pass
 
     def recv(self, deadline: float | None) -> bytes:
         """Some bytes, or b"" at end of stream."""
-        wait_readable(self.sock, deadline)
-        return self.sock.recv(RECV_BYTES)
+        return self._recv_raw(deadline)
+
+    def _recv_raw(self, deadline: float | None) -> bytes:
+        while True:
+            wait_readable(self.sock, deadline)
+            try:
+                return self.sock.recv(RECV_BYTES)
+            except BlockingIOError:
+                continue  # a spurious wake-up of a non-blocking socket
 
     def sendall(self, data: bytes) -> None:
+        """Blocking send: only before go_async()."""
         with self._send_lock:
             self.sock.sendall(data)
+
+    # -- the writer thread's side, after go_async() -----------------------------
+
+    def go_async(self, on_output: Callable[[], None]) -> None:
+        """Hand sending to a writer thread: the socket turns non-blocking, and
+        `on_output` is called when the reader side has queued bytes to send."""
+        self._on_output = on_output
+        self.sock.setblocking(False)
+
+    def enqueue(self, data: bytes) -> None:
+        with self._send_lock:
+            self._unsent += data
+
+    def send_unsent(self) -> int:
+        """Send what the socket takes now; returns the bytes still waiting.
+
+        Raises:
+            OSError: the peer is gone.
+        """
+        with self._send_lock:
+            if self._unsent:
+                try:
+                    sent = self.sock.send(self._unsent)
+                except BlockingIOError:
+                    sent = 0
+                del self._unsent[:sent]  # cheap: bytearray drops a prefix in place
+            return len(self._unsent)
+
+    def unsent_bytes(self) -> int:
+        return len(self._unsent)
+
+    def enqueue_close(self) -> None:
+        """Queue whatever must precede end of stream (TLS: close_notify)."""
+
+    def finish_async(self) -> None:
+        """All is sent: let the peer see end of stream."""
+        _quiet(self.sock.shutdown, socket.SHUT_WR)
 
     def finish_sending(self) -> None:
         """Nothing more will be sent: let the peer see end of stream after the data."""
@@ -155,6 +209,21 @@ class TLSTransport(PlainTransport):
                 records = self._outgoing.read()
             self.sock.sendall(records)
 
+    def enqueue(self, data: bytes) -> None:
+        with self._send_lock:
+            with self._tls_lock:
+                self._tls.write(data)
+                self._unsent += self._outgoing.read()
+
+    def enqueue_close(self) -> None:
+        with self._send_lock:
+            with self._tls_lock:
+                try:
+                    self._tls.unwrap()  # queues our close_notify
+                except (ssl.SSLWantReadError, ssl.SSLError):
+                    pass  # the peer's close_notify is not needed to send ours
+                self._unsent += self._outgoing.read()
+
     def finish_sending(self) -> None:
         with self._send_lock:
             with self._tls_lock:
@@ -173,8 +242,7 @@ class TLSTransport(PlainTransport):
         OpenSSL refuses to write, and the server may still owe the peer a
         last frame (server_shutdown after wake_reader(), for one).
         """
-        wait_readable(self.sock, deadline)
-        raw = self.sock.recv(RECV_BYTES)
+        raw = self._recv_raw(deadline)
         if not raw:
             if during_handshake:
                 raise TransportClosed("connection closed during the TLS handshake")
@@ -187,8 +255,12 @@ class TLSTransport(PlainTransport):
         with self._send_lock:
             with self._tls_lock:
                 records = self._outgoing.read()
-            if records:
+            if records and self._on_output is None:
                 self.sock.sendall(records)
+            elif records:
+                self._unsent += records  # the writer thread sends them, in order
+        if records and self._on_output is not None:
+            self._on_output()
 
 
 def _quiet(call: object, *args: object) -> None:

@@ -8,19 +8,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from authchat import protocol
-from authchat.room import Outbox, Room
+from authchat.room import BLOCK_FRAMES, Feed, Outbox, Room
 
 
 @dataclass(eq=False)
 class FakeMember:
-    """A member whose deliveries are recorded; the room's side of a session."""
+    """A member whose output is read back from a real Outbox, as its writer would."""
 
     username: str
     role: str = "user"
-    frames: list[dict[str, Any]] = field(default_factory=list)
+    outbox: Outbox = field(default_factory=lambda: Outbox(limit_bytes=1 << 20))
+    received: list[dict[str, Any]] = field(default_factory=list)
 
     def deliver(self, data: bytes) -> None:
-        self.frames.append(json.loads(data))
+        assert self.outbox.put(data)
+
+    @property
+    def frames(self) -> list[dict[str, Any]]:
+        data, _ = self.outbox.take()
+        self.received += [json.loads(line) for line in data.splitlines()]
+        return self.received
 
     def types(self) -> list[str]:
         return [f["type"] for f in self.frames]
@@ -120,20 +127,55 @@ def test_outbox_close_sends_the_final_frame_last_once() -> None:
     assert not outbox.close(b"again")
     assert outbox.put(b"late")  # dropped quietly: the session is ending
     assert outbox.take() == (b"pendingbye", True)
+    assert outbox.take() == (b"", True)
 
 
 def test_outbox_discard_drops_what_a_slow_client_never_read() -> None:
-    outbox = Outbox(limit_bytes=100)
+    feed, outbox = Feed(), Outbox(limit_bytes=100)
+    outbox.follow(feed)
+    feed.append(b"broadcast ")
     outbox.put(b"old news")
     outbox.close(b"slow_consumer", discard=True)
+    feed.append(b"after the end ")
     assert outbox.take() == (b"slow_consumer", True)
+    assert outbox.backlog_bytes() == len(b"after the end ")  # never to be sent
 
 
-def test_outbox_take_waits_for_data() -> None:
-    outbox = Outbox(limit_bytes=100)
-    got: list[tuple[bytes, bool]] = []
-    reader = threading.Thread(target=lambda: got.append(outbox.take(timeout=10)))
-    reader.start()
+def test_outbox_interleaves_the_feed_and_its_own_frames_in_order() -> None:
+    feed, outbox = Feed(), Outbox(limit_bytes=1 << 20)
+    feed.append(b"before joining;")
+    outbox.follow(feed)
+    outbox.put(b"welcome;")
+    for n in range(BLOCK_FRAMES * 2 + 10):  # across several blocks
+        feed.append(b"m%d;" % n)
+        if n % 100 == 0:
+            outbox.put(b"reply%d;" % n)
+    outbox.close(b"bye;")
+    feed.append(b"after the close;")
+    data, done = outbox.take()
+    expected = [b"welcome"]
+    for n in range(BLOCK_FRAMES * 2 + 10):
+        expected.append(b"m%d" % n)
+        if n % 100 == 0:
+            expected.append(b"reply%d" % n)
+    assert data.split(b";")[:-1] == expected + [b"bye"] and done
+
+
+def test_outbox_backlog_counts_the_unsent_feed() -> None:
+    feed, outbox = Feed(), Outbox(limit_bytes=10)
+    outbox.follow(feed)
+    feed.append(b"123456")
+    assert outbox.backlog_bytes() == 6
+    assert not outbox.put(b"abcde")  # 6 behind in the feed + 5 would pass 10
+    assert outbox.take() == (b"123456", False)
+    assert outbox.backlog_bytes() == 0 and outbox.put(b"abcde")
+
+
+def test_outbox_wakes_its_writer() -> None:
+    woken = threading.Event()
+    outbox = Outbox(limit_bytes=100, wake=woken.set)
     outbox.put(b"hello")
-    reader.join(10)
-    assert got == [(b"hello", False)]
+    assert woken.is_set()
+    woken.clear()
+    outbox.close()
+    assert woken.is_set()
