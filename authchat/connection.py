@@ -369,8 +369,33 @@ class Connection:
                 return
             last_heard, pinged = time.monotonic(), False
             self.protocol.receive_data(data)
+            says: list[Say] = []
             while not session.outbox.closed and (event := self.protocol.next_event()):
+                # A run of messages enters the room in one go. One with an id
+                # is said alone: its ok must follow its own message directly.
+                if isinstance(event, Say) and event.id is None:
+                    if self._take_token(session, event, says):
+                        says.append(event)
+                    continue
+                self._say_all(session, says)
                 self._chat_event(session, event)
+            self._say_all(session, says)
+
+    def _take_token(self, session: Session, event: Request, says: list[Say]) -> bool:
+        """Take a token for `event`; when there is none, say `says` first and push back."""
+        wait = session.bucket.take(time.monotonic())
+        if wait <= 0:
+            return True
+        self._say_all(session, says)
+        session.reply(protocol.error(ErrorCode.RATE_LIMITED, "slow down", event.id, wait))
+        time.sleep(wait)  # back-pressure: read no more from a flooder until it may send
+        return False
+
+    def _say_all(self, session: Session, says: list[Say]) -> None:
+        """Broadcast `says` (then empty it): one room lock and one wake-up for all."""
+        if says:
+            self.server.room.say_many(session, [say.text for say in says])
+            says.clear()
 
     def _chat_event(self, session: Session, event: protocol.Event) -> None:
         if isinstance(event, Violation):
@@ -379,12 +404,7 @@ class Connection:
             else:
                 session.reply(protocol.error(event.code, event.message, event.re))
             return
-        if isinstance(event, Pong):
-            return
-        wait = session.bucket.take(time.monotonic())
-        if wait > 0:
-            session.reply(protocol.error(ErrorCode.RATE_LIMITED, "slow down", event.id, wait))
-            time.sleep(wait)  # back-pressure: read no more from a flooder until it may send
+        if isinstance(event, Pong) or not self._take_token(session, event, []):
             return
         try:
             self._dispatch(session, event)
@@ -456,12 +476,13 @@ class Connection:
             store.release_connection()
         verb = "banned" if isinstance(request, Ban) else "kicked"
         note = f"{verb} by {session.username}" + (f": {request.reason}" if request.reason else "")
+        # ok first: the target's leave must not overtake it in the admin's stream
+        session.reply(protocol.ok(request.id))
         for target in targets:
             assert isinstance(target, Session)
             target.end(ErrorCode.KICKED, note, "kicked")
         log.info("%s %s %s (%s)", escape(session.username), verb, escape(request.username),
                  escape(request.reason))
-        session.reply(protocol.ok(request.id))
 
 
 def _public_message(error: AuthchatError) -> str:

@@ -434,6 +434,12 @@ def message(msg_id: int, sender: str, text: str, ts: str) -> dict[str, Any]:
     return {"type": "message", "id": msg_id, "from": sender, "text": text, "ts": ts}
 
 
+def message_template(sender: str, text: str, ts: str) -> tuple[bytes, bytes]:
+    """encode(message(ID, sender, text, ts)) as the bytes before and after ID."""
+    rest = encode({"from": sender, "text": text, "ts": ts})
+    return b'{"type":"message","id":', b"," + rest[1:]
+
+
 def direct_message(msg_id: int, sender: str, to: str, text: str, ts: str) -> dict[str, Any]:
     return {"type": "dm", "id": msg_id, "from": sender, "to": to, "text": text, "ts": ts}
 

@@ -253,11 +253,23 @@ class Room:
 
     def say(self, sender: Member, text: str) -> int:
         """Broadcast a message to every session, the sender's included; returns its id."""
+        return self.say_many(sender, [text])[0]
+
+    def say_many(self, sender: Member, texts: list[str]) -> list[int]:
+        """Broadcast messages in order, with consecutive ids; returns the ids.
+
+        The frames are encoded before the lock is taken, with only the id left
+        to splice in under it, so the lock every sender needs is held briefly.
+        """
+        ts = protocol.timestamp()
+        templates = [protocol.message_template(sender.username, text, ts) for text in texts]
         with self._lock:
-            msg_id = self._next_id()
-            frame = protocol.message(msg_id, sender.username, text, protocol.timestamp())
-            self._broadcast(protocol.encode(frame))
-            return msg_id
+            first = self._last_id + 1
+            self._last_id += len(templates)
+            for msg_id, (head, tail) in enumerate(templates, first):
+                self.feed.append(head + str(msg_id).encode() + tail)
+        self.on_broadcast()
+        return list(range(first, first + len(templates)))
 
     def direct(self, sender: Member, to: str, text: str) -> int | None:
         """Send a DM to all of `to`'s sessions and the sender's; None if `to` is offline."""

@@ -177,3 +177,9 @@ def test_server_frames() -> None:
     assert protocol.welcome("a", "user", ["a"]) == {"type": "welcome", "username": "a",
                                                     "role": "user", "users": ["a"]}
     assert protocol.timestamp().endswith("Z") and len(protocol.timestamp()) == 24
+
+
+def test_message_template_splices_to_the_encoded_frame() -> None:
+    head, tail = protocol.message_template("alice", 'say "hi"\n\u00e9', "2026-11-28T05:00:00.000Z")
+    frame = protocol.message(42, "alice", 'say "hi"\n\u00e9', "2026-11-28T05:00:00.000Z")
+    assert head + b"42" + tail == protocol.encode(frame)
