@@ -1,0 +1,264 @@
+"""The load generator: worker processes, each driving many clients through one selector.
+
+A worker connects and logs in its share of the clients (blocking, untimed),
+reports ready, waits for "go", then runs the measured phase without threads:
+senders write tagged messages, every client reads, and each delivery is
+checked against the sender's sequence (a gap is a loss, a step back a
+reorder). Every message carries `P<sender>:<seq>:<monotonic ns>Q~`, so the
+same checks and the latency measurement work for every protocol driver.
+
+To keep the generator from being the bottleneck, no client parses JSON or
+IRC, and while the clock runs most clients only count markers (bytes.count,
+in C) and keep what they received; the per-message checks run on it after
+the clock stops. The few clients whose deliveries pace the senders (each
+sender's witness) and, in paced runs, every client parse as they go.
+
+Every loop here is bounded: by message counts, and by the plan's deadline.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import resource
+import selectors
+import socket
+import ssl
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .drivers import MARKER_END as MARKER_END_TEXT
+from .drivers import Driver, make_driver
+from .tlswire import TlsWire
+
+MARKER = re.compile(rb"P(\d+):(\d+):(\d+)Q~")
+MARKER_END = MARKER_END_TEXT.encode()
+RECV_BYTES = 262144
+_RECEIVE_BUFFER = memoryview(bytearray(RECV_BYTES))  # reused: no 256 KiB allocation per read
+FAN_OUT_LATENCY_SAMPLE = 64
+SETUP_THREADS = 64  # fan-out keeps one latency in 64; paced runs keep all
+
+
+@dataclass
+class Plan:
+    driver: str
+    host: str
+    port: int
+    clients: list[int]            # global client numbers this worker drives
+    senders: list[int]            # global numbers of the clients that send (any worker)
+    messages: int                 # per sender
+    in_flight: int = 64
+    rate: float | None = None     # messages per second per sender; None: as fast as allowed
+    payload_bytes: int = 100
+    tls: bool = False
+    password: str = ""
+    deadline_s: float = 120.0
+    idle: bool = False            # connect and hold only (the connections scenario)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Client:
+    """One non-blocking client connection in the measured phase."""
+
+    def __init__(self, number: int, sock: Any, driver: Driver) -> None:
+        self.number = number
+        self.sock = sock
+        self.tls = isinstance(sock, TlsWire)
+        self.driver = driver
+        self.inbuf = b""
+        self.outbuf = bytearray()
+        self.received = 0
+        self.next_seq: dict[int, int] = {}
+        self.lost = 0
+        self.reordered = 0
+        self.parse_now = True        # False: count now, check after the clock stops
+        self.kept: list[bytes] = []  # what a counting client received, for the checks
+
+
+@functools.cache
+def _client_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # benchmarking our own server on loopback
+    return context
+
+
+def _connect(plan: Plan, number: int, driver: Driver) -> Any:
+    """A connected, logged-in client: a socket, or a TlsWire that behaves like one."""
+    sock = socket.create_connection((plan.host, plan.port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    wire: Any = sock
+    if plan.tls:
+        wire = TlsWire(sock, _client_context(), plan.host)
+    driver.handshake(wire, number)
+    return wire
+
+
+def run_worker(plan: Plan, pipe: Connection) -> None:
+    """The body of one worker process: set up, report, run on "go", report results."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    driver = make_driver(plan)
+    try:
+        with ThreadPoolExecutor(driver.setup_threads) as pool:
+            wires = list(pool.map(lambda n: _connect(plan, n, driver), plan.clients))
+        clients = [Client(n, wire, driver) for n, wire in zip(plan.clients, wires)]
+    except Exception as e:  # report, so the parent does not wait for nothing
+        pipe.send({"error": f"setup failed: {e!r}"})
+        return
+    pipe.send({"ready": len(clients)})
+    message = pipe.recv()
+    if message != "go":
+        return
+    result = _measure(plan, clients) if not plan.idle else _hold(plan, clients, pipe)
+    pipe.send(result)
+    for client in clients:
+        client.sock.close()
+
+
+def _hold(plan: Plan, clients: list[Client], pipe: Connection) -> dict[str, Any]:
+    """Keep idle connections open until the parent says stop (bounded by the deadline)."""
+    pipe.send({"holding": len(clients)})
+    pipe.poll(plan.deadline_s)
+    return {"held": len(clients), "worker_cpu_s": 0.0}
+
+
+def _measure(plan: Plan, clients: list[Client]) -> dict[str, Any]:
+    driver = clients[0].driver
+    senders = set(plan.senders)
+    mine = [c for c in clients if c.number in senders]
+    expected_each = {c.number: len(plan.senders) * plan.messages
+                     - (plan.messages if c.number in senders and not driver.echoes_own else 0)
+                     for c in clients}
+    witness = {c.number: c for c in mine} if driver.echoes_own else \
+        {c.number: next((w for w in clients if w.number not in senders), c) for c in mine}
+    sent = {c.number: 0 for c in mine}
+    acked = {c.number: 0 for c in mine}
+    latencies: list[int] = []
+    if not interval_ns_of(plan):
+        for client in clients:
+            client.parse_now = client in witness.values()
+    selector = selectors.DefaultSelector()
+    for client in clients:
+        client.sock.setblocking(False)
+        selector.register(client.sock, selectors.EVENT_READ, client)
+    start = time.monotonic_ns()
+    cpu_before = time.process_time()
+    deadline = time.monotonic() + plan.deadline_s
+    interval_ns = interval_ns_of(plan)
+    pending = sum(expected_each.values())
+    while pending > 0 and time.monotonic() < deadline:
+        now = time.monotonic_ns()
+        for sender in mine:
+            n = sender.number
+            while sent[n] < plan.messages and sent[n] - acked[n] < plan.in_flight and \
+                    (not interval_ns or start + sent[n] * interval_ns <= now):
+                sender.outbuf += driver.message(n, sent[n], time.monotonic_ns(),
+                                                plan.payload_bytes)
+                sent[n] += 1
+            _flush(sender)
+        for key, _ in selector.select(timeout=0.001 if interval_ns else 0.01):
+            client = key.data
+            got = _read(client, latencies, 1 if interval_ns else FAN_OUT_LATENCY_SAMPLE)
+            pending -= got
+            _flush(client)  # keep-alive replies
+            for n, w in witness.items():
+                if w is client:
+                    acked[n] = client.next_seq.get(n, 0)
+        for sender in mine:
+            _flush(sender)
+    elapsed = (time.monotonic_ns() - start) / 1e9
+    cpu_s = time.process_time() - cpu_before
+    for client in clients:  # the clock has stopped: check what was only counted
+        if not client.parse_now:
+            client.received = 0
+            _check(client, b"".join(client.kept), [], 0, 1)
+            client.kept.clear()
+    return {
+        "received": sum(c.received for c in clients),
+        "expected": sum(expected_each.values()),
+        "lost": sum(c.lost for c in clients) + sum(
+            max(0, expected_each[c.number] - c.received) for c in clients),
+        "reordered": sum(c.reordered for c in clients),
+        "elapsed_s": elapsed,
+        "latencies_ns": latencies,
+        "timed_out": pending > 0,
+        "worker_cpu_s": cpu_s,
+    }
+
+
+def _flush(client: Client) -> None:
+    if not client.outbuf and not (client.tls and client.sock.has_unsent()):
+        return
+    try:
+        sent = client.sock.send(client.outbuf)
+    except BlockingIOError:
+        return
+    del client.outbuf[:sent]
+
+
+def interval_ns_of(plan: Plan) -> int:
+    """Nanoseconds between one sender's messages; 0 for as fast as allowed."""
+    return int(1e9 / plan.rate) if plan.rate else 0
+
+
+def _read(client: Client, latencies: list[int], sample_every: int) -> int:
+    """Read what is there; returns the number of tagged messages delivered."""
+    got = 0
+    while True:
+        try:
+            size = client.sock.recv_into(_RECEIVE_BUFFER)
+        except BlockingIOError:
+            break
+        if not size:
+            break
+        now = time.monotonic_ns()
+        buffer = client.inbuf + _RECEIVE_BUFFER[:size]
+        cut = buffer.rfind(b"\n") + 1
+        lines, client.inbuf = buffer[:cut], buffer[cut:]
+        if client.parse_now:
+            got += _check(client, lines, latencies, now, sample_every)
+        else:
+            count = lines.count(MARKER_END)
+            got += count
+            client.kept.append(lines)
+            if count and (client.received // sample_every) != \
+                    ((client.received + count) // sample_every):
+                _sample_first(lines, latencies, now)
+            client.received += count
+        reply = client.driver.keepalive(lines)
+        if reply:
+            client.outbuf += reply
+        if size < RECV_BYTES and not (client.tls and client.sock.pending()):
+            break
+    return got
+
+
+def _check(client: Client, lines: bytes, latencies: list[int], now: int,
+           sample_every: int) -> int:
+    """Check each delivery against its sender's sequence; returns how many were new."""
+    got = 0
+    for match in MARKER.finditer(lines):
+        sender, seq = int(match[1]), int(match[2])
+        expected = client.next_seq.get(sender, 0)
+        if seq > expected:
+            client.lost += seq - expected
+        elif seq < expected:
+            client.reordered += 1
+            continue
+        client.next_seq[sender] = seq + 1
+        client.received += 1
+        got += 1
+        if now and client.received % sample_every == 0:
+            latencies.append(now - int(match[3]))
+    return got
+
+
+def _sample_first(lines: bytes, latencies: list[int], now: int) -> None:
+    """The latency of the first message in a read (fan-out keeps a sample only)."""
+    match = MARKER.search(lines)  # the oldest in the read: the sample errs on the slow side
+    if match:
+        latencies.append(now - int(match[3]))
