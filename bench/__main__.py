@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from authchat.config import AuthConfig
+
 from .loadgen import Plan, run_worker
 from .servers import BENCH_PASSWORD, Authchat, Inspircd, Ngircd, ServerUnderTest, Toy
 
@@ -164,7 +166,8 @@ def _room_check(server: ServerUnderTest, held: int) -> dict[str, Any]:
 def logins(factory: Callable[[], ServerUnderTest], n: int, smoke: bool) -> dict[str, Any]:
     from .logins import measure_logins
 
-    return measure_logins(seconds=3 if smoke else 15, cost=4 if smoke else 12)
+    return measure_logins(seconds=3 if smoke else 15,
+                          cost=4 if smoke else AuthConfig().bcrypt_cost)  # the default
 
 
 def _with_server(factory: Callable[[], ServerUnderTest], users: int,
