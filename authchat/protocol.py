@@ -207,6 +207,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One decoder and one encoder for every frame: json.loads and json.dumps with
+# any option build a new one per call, a fifth of the server's time at load.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def decode_frame(line: bytes) -> dict[str, Any]:
     """Parse one line into a JSON object.
 
@@ -215,7 +221,7 @@ def decode_frame(line: bytes) -> dict[str, Any]:
     """
     try:
         text = line.decode("utf-8")
-        frame = json.loads(text, parse_constant=_reject_constant)
+        frame = _DECODER.decode(text)
     except UnicodeDecodeError:
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame is not valid UTF-8") from None
     except (ValueError, RecursionError):
@@ -228,7 +234,7 @@ def decode_frame(line: bytes) -> dict[str, Any]:
 
 def encode(frame: dict[str, Any]) -> bytes:
     """One frame on the wire: compact JSON and a newline."""
-    return json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    return _ENCODER.encode(frame).encode("utf-8") + b"\n"
 
 
 # -- request validation -------------------------------------------------------
@@ -436,8 +442,9 @@ def message(msg_id: int, sender: str, text: str, ts: str) -> dict[str, Any]:
 
 def message_template(sender: str, text: str, ts: str) -> tuple[bytes, bytes]:
     """encode(message(ID, sender, text, ts)) as the bytes before and after ID."""
-    rest = encode({"from": sender, "text": text, "ts": ts})
-    return b'{"type":"message","id":', b"," + rest[1:]
+    quote = _ENCODER.encode  # a str encodes as a JSON string, quotes included
+    tail = f',"from":{quote(sender)},"text":{quote(text)},"ts":{quote(ts)}}}\n'
+    return b'{"type":"message","id":', tail.encode("utf-8")
 
 
 def direct_message(msg_id: int, sender: str, to: str, text: str, ts: str) -> dict[str, Any]:

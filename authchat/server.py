@@ -49,7 +49,7 @@ HOUSEKEEPING_INTERVAL_S = 0.5
 ACCEPT_POLL_S = 0.5
 ACCEPT_BACKOFF_S = 0.1
 THREAD_STACK_BYTES = 512 * 1024
-WRITER_THREADS = 2             # measured against 1 and 4: docs/benchmarks.md
+WRITER_THREADS = 2             # 1 measured no better at 10 clients: docs/benchmarks.md
 REFUSAL_THREADS = 16           # TLS refusals in flight at once; past that, just close
 HASH_QUEUE_PER_SLOT = 4        # bcrypt waiters allowed per concurrent hash
 
