@@ -138,7 +138,8 @@ def connections(factory: Callable[[], ServerUnderTest], n: int, smoke: bool) -> 
             room = _room_check(server, n)
             return {"held": n, "rss_kib_held": rss,
                     "kib_per_connection": round((rss - baseline) / n, 2),
-                    "room_lost": room["lost"], "room_received": room["received"]}
+                    "room_lost": room["lost"], "room_received": room["received"],
+                    "room_expected": room["expected"]}
 
         return run_load(server, n, 0, 0, idle=True, on_ready=held, deadline_s=600)
     return _with_server(factory, n + 2, measure)
@@ -212,10 +213,12 @@ def main(argv: list[str] | None = None) -> int:
                         choices=list(SCENARIOS))
     parser.add_argument("--servers", nargs="*", help="only these servers")
     parser.add_argument("--sizes", nargs="*", type=int, help="only these client counts")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="directory for the JSON-lines file (default bench/results)")
     args = parser.parse_args(argv)
     runs = 1 if args.smoke else args.runs
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}{'-smoke' if args.smoke else ''}.jsonl"
+    args.results.mkdir(parents=True, exist_ok=True)
+    out = args.results / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}{'-smoke' if args.smoke else ''}.jsonl"
     rows: list[dict[str, Any]] = []
     failures = 0
     with out.open("w") as f:
@@ -236,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                         except Exception as e:  # one server failing must not lose the rest
                             row["error"] = repr(e)
                         bad = row.get("error") or row.get("lost") or row.get("reordered") \
-                            or row.get("timed_out") or row.get("room_lost")
+                            or row.get("timed_out") or row.get("room_lost") \
+                            or row.get("room_received") != row.get("room_expected")
                         failures += bool(bad)
                         rows.append(row)
                         f.write(json.dumps(row) + "\n")

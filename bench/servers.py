@@ -21,6 +21,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 BENCH_PASSWORD = "benchmark password for every user"
 START_TIMEOUT_S = 60.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
 
 
 def free_port() -> int:
@@ -150,8 +151,13 @@ class _Irc(ServerUnderTest):
     config = "?"
 
     @classmethod
+    def path(cls) -> str | None:
+        """The server's executable; Debian puts daemons in /usr/sbin, not always on PATH."""
+        return shutil.which(cls.binary) or shutil.which(cls.binary, path=SBIN)
+
+    @classmethod
     def installed(cls) -> bool:
-        return shutil.which(cls.binary) is not None
+        return cls.path() is not None
 
     def prepare(self, users: int) -> None:
         text = (CONFIGS / self.config).read_text()
@@ -166,7 +172,7 @@ class Ngircd(_Irc):
     config = "ngircd.conf.in"
 
     def command(self) -> list[str]:
-        return [self.binary, "--nodaemon", "--config", str(self.dir / "ngircd.conf")]
+        return [str(self.path()), "--nodaemon", "--config", str(self.dir / "ngircd.conf")]
 
 
 class Inspircd(_Irc):
@@ -176,4 +182,5 @@ class Inspircd(_Irc):
 
     def command(self) -> list[str]:
         # --runasroot: CI and these machines run as root; it listens on loopback only.
-        return [self.binary, "--nofork", "--runasroot", f"--config={self.dir / 'inspircd.conf'}"]
+        return [str(self.path()), "--nofork", "--runasroot",
+                f"--config={self.dir / 'inspircd.conf'}"]
