@@ -133,8 +133,11 @@ def _measure(plan: Plan, clients: list[Client]) -> dict[str, Any]:
     expected_each = {c.number: len(plan.senders) * plan.messages
                      - (plan.messages if c.number in senders and not driver.echoes_own else 0)
                      for c in clients}
+    # Whose deliveries tell a sender how many of its messages are through: its
+    # own echo, or (IRC echoes nothing) another client here, a listener if any.
+    others = sorted(clients, key=lambda w: w.number in senders)
     witness = {c.number: c for c in mine} if driver.echoes_own else \
-        {c.number: next((w for w in clients if w.number not in senders), c) for c in mine}
+        {c.number: next(w for w in others if w is not c) for c in mine}
     sent = {c.number: 0 for c in mine}
     acked = {c.number: 0 for c in mine}
     latencies: list[int] = []
