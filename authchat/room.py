@@ -145,6 +145,12 @@ class Outbox:
 
     def take(self) -> tuple[bytes, bool]:
         """Everything due, as one write; and whether the outbox is closed and now empty."""
+        if not self._own and not self._closed:
+            # The common case, without the lock: only the feed has news. A frame
+            # put meanwhile calls wake(), so the writer comes back for it.
+            parts: list[bytes] = []
+            self._read_to(None, parts)
+            return b"".join(parts), False
         with self._lock:
             own = list(self._own)
             self._own.clear()
@@ -152,7 +158,7 @@ class Outbox:
             closed, final = self._closed, self._final
             if closed:
                 self._final = None
-        parts: list[bytes] = []
+        parts = []
         stop = self._stop_at if closed else None
         if closed and self._discard:
             self._skip_to(stop)

@@ -3,8 +3,8 @@
 Until login one thread does everything, with blocking sends. In the room a
 connection has two threads: its reader, and one of the server's writer
 threads (writers.py), which drives the socket non-blocking after
-`go_async()`: bytes are `enqueue`d, then sent as far as the socket takes them
-by `send_unsent`, the rest kept in order for the next try.
+`go_async()`: `send` sends as far as the socket takes the bytes now and keeps
+the rest, in order, for `send_unsent` to try again.
 
 OpenSSL's SSL objects must not be used from two threads at once (SECURITY.md
 C4), so TLS is not done by an SSLSocket: `TLSTransport` drives an
@@ -105,9 +105,20 @@ class PlainTransport:
         self._on_output = on_output
         self.sock.setblocking(False)
 
-    def enqueue(self, data: bytes) -> None:
+    def send(self, data: bytes) -> int:
+        """Send `data` after anything unsent, as far as the socket takes it now;
+        returns the bytes still waiting. Raises OSError if the peer is gone."""
         with self._send_lock:
-            self._unsent += data
+            if self._unsent:
+                self._unsent += data
+                return self._send_unsent_locked()
+            try:
+                sent = self.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                self._unsent += data[sent:]
+            return len(self._unsent)
 
     def send_unsent(self) -> int:
         """Send what the socket takes now; returns the bytes still waiting.
@@ -116,13 +127,16 @@ class PlainTransport:
             OSError: the peer is gone.
         """
         with self._send_lock:
-            if self._unsent:
-                try:
-                    sent = self.sock.send(self._unsent)
-                except BlockingIOError:
-                    sent = 0
-                del self._unsent[:sent]  # cheap: bytearray drops a prefix in place
-            return len(self._unsent)
+            return self._send_unsent_locked()
+
+    def _send_unsent_locked(self) -> int:
+        if self._unsent:
+            try:
+                sent = self.sock.send(self._unsent)
+            except BlockingIOError:
+                sent = 0
+            del self._unsent[:sent]  # cheap: bytearray drops a prefix in place
+        return len(self._unsent)
 
     def unsent_bytes(self) -> int:
         return len(self._unsent)
@@ -209,11 +223,12 @@ class TLSTransport(PlainTransport):
                 records = self._outgoing.read()
             self.sock.sendall(records)
 
-    def enqueue(self, data: bytes) -> None:
+    def send(self, data: bytes) -> int:
         with self._send_lock:
             with self._tls_lock:
                 self._tls.write(data)
                 self._unsent += self._outgoing.read()
+            return self._send_unsent_locked()
 
     def enqueue_close(self) -> None:
         with self._send_lock:

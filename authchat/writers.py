@@ -208,15 +208,15 @@ class _Writer:
             return
         transport = session.transport
         try:
-            left = transport.send_unsent()
+            left = transport.send_unsent() if transport.unsent_bytes() else 0
             if not left and session not in self._finishing:
                 data, done = session.outbox.take()
                 if data:
-                    transport.enqueue(data)
+                    left = transport.send(data)
                 if done:
                     self._finishing.add(session)
                     transport.enqueue_close()
-                left = transport.send_unsent()
+                    left = transport.send_unsent()
         except OSError:  # the peer is gone; the reader notices too
             self._drop(session)
             return
