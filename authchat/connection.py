@@ -269,7 +269,7 @@ class Connection:
                     refusal = Refusal(ErrorCode.RATE_LIMITED, "the server is busy; try again", 1.0)
                 else:
                     try:
-                        return self._check_credentials(request)
+                        return server.off_thread(self._check_credentials, request)
                     except AuthchatError as e:
                         refusal = Refusal(e.code, _public_message(e))
                     except Exception:  # last resort: answer, and keep serving others
@@ -440,21 +440,23 @@ class Connection:
             self._moderate(session, request)
 
     def _change_password(self, session: Session, request: Passwd) -> None:
-        store = self.server.store
         deadline = time.monotonic() + self.server.config.limits.handshake_timeout_s
-        try:
-            with self.server.hashing(deadline) as got_slot:
-                if not got_slot:
-                    session.reply(protocol.error(ErrorCode.RATE_LIMITED, "the server is busy",
-                                                 request.id, 1.0))
-                    return
-                store.authenticate(session.username, request.old)
-                store.set_password(session.username, request.new,
-                                   actor=f"user:{session.username}")
-        finally:
-            store.release_connection()
+        with self.server.hashing(deadline) as got_slot:
+            if not got_slot:
+                session.reply(protocol.error(ErrorCode.RATE_LIMITED, "the server is busy",
+                                             request.id, 1.0))
+                return
+            self.server.off_thread(self._set_password, session, request)
         log.info("%s changed their password", escape(session.username))
         session.reply(protocol.ok(request.id))
+
+    def _set_password(self, session: Session, request: Passwd) -> None:
+        store = self.server.store
+        try:
+            store.authenticate(session.username, request.old)
+            store.set_password(session.username, request.new, actor=f"user:{session.username}")
+        finally:
+            store.release_connection()
 
     def _moderate(self, session: Session, request: Kick | Ban) -> None:
         store = self.server.store

@@ -29,6 +29,8 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from . import protocol
 from .config import Config
@@ -44,6 +46,7 @@ from .transport import TLSTransport, is_loopback
 from .writers import WriterPool
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 HOUSEKEEPING_INTERVAL_S = 0.5
 ACCEPT_POLL_S = 0.5
@@ -78,6 +81,11 @@ class Server:
         self._registrations = WindowLimit(config.limits.registrations_per_ip_per_hour, 3600.0)
         slots = config.auth.max_concurrent_hashes or os.cpu_count() or 1
         self._hash_slots = threading.BoundedSemaphore(slots)
+        # bcrypt and SQLite run deep in the C stack; a resident page of stack
+        # stays resident, so they run here, on a few threads, and the
+        # thousands of connection threads keep shallow stacks (see
+        # docs/benchmarks.md, connections).
+        self._off_thread = ThreadPoolExecutor(slots, thread_name_prefix="auth")
         self._hash_queue = threading.BoundedSemaphore(slots * (1 + HASH_QUEUE_PER_SLOT))
         self._refusals = threading.BoundedSemaphore(REFUSAL_THREADS)
 
@@ -128,6 +136,7 @@ class Server:
         self.stopping.set()
         self.room.closing = True
         self.writers.stop()  # they end once every session is finished
+        self._off_thread.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             connections = list(self._connections)
         for conn in connections:
@@ -277,6 +286,14 @@ class Server:
     def registered(self, ip: str) -> None:
         with self._lock:
             self._registrations.record(ip_key(ip), time.monotonic())
+
+    def off_thread(self, work: Callable[..., T], *args: Any) -> T:
+        """Run `work` on one of a few worker threads and wait for its result.
+
+        For bcrypt and SQLite, under a `hashing` slot: at most `slots` run at
+        once, so a worker is always free and this waits only for the work.
+        """
+        return self._off_thread.submit(work, *args).result()
 
     def hashing(self, deadline: float) -> _HashSlot:
         return _HashSlot(self._hash_slots, self._hash_queue, deadline)

@@ -232,23 +232,21 @@ class TLSTransport(PlainTransport):
 
     def enqueue_close(self) -> None:
         with self._send_lock:
-            with self._tls_lock:
-                try:
-                    self._tls.unwrap()  # queues our close_notify
-                except (ssl.SSLWantReadError, ssl.SSLError):
-                    pass  # the peer's close_notify is not needed to send ours
-                self._unsent += self._outgoing.read()
+            self._unsent += self._close_notify()
 
     def finish_sending(self) -> None:
         with self._send_lock:
-            with self._tls_lock:
-                try:
-                    self._tls.unwrap()  # queues our close_notify
-                except (ssl.SSLWantReadError, ssl.SSLError):
-                    pass  # the peer's close_notify is not needed to send ours
-                records = self._outgoing.read()
-            _quiet(self.sock.sendall, records)
+            _quiet(self.sock.sendall, self._close_notify())
         super().finish_sending()
+
+    def _close_notify(self) -> bytes:
+        """Our close_notify record; call holding _send_lock."""
+        with self._tls_lock:
+            try:
+                self._tls.unwrap()
+            except (ssl.SSLWantReadError, ssl.SSLError):
+                pass  # the peer's close_notify is not needed to send ours
+            return self._outgoing.read()
 
     def _feed(self, deadline: float | None, during_handshake: bool = False) -> bool:
         """Pass received records to TLS; False at end of stream.
