@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -56,7 +57,7 @@ def run_load(server: ServerUnderTest, clients: int, senders: int, messages: int,
         plan = Plan(driver=server.driver, host="127.0.0.1", port=server.port, clients=mine,
                     senders=sender_numbers, messages=messages, in_flight=IN_FLIGHT, rate=rate,
                     payload_bytes=PAYLOAD, tls=server.tls, password=BENCH_PASSWORD,
-                    deadline_s=deadline_s, idle=idle)
+                    deadline_s=deadline_s, idle=idle, setup_threads=server.setup_threads)
         parent, child = context.Pipe()
         proc = context.Process(target=run_worker, args=(plan, child), daemon=True)
         proc.start()
@@ -152,7 +153,7 @@ def _room_check(server: ServerUnderTest, held: int) -> dict[str, Any]:
     parent, child = context.Pipe()
     plan = Plan(driver=server.driver, host="127.0.0.1", port=server.port, clients=plan_numbers,
                 senders=[held], messages=10, tls=server.tls, password=BENCH_PASSWORD,
-                deadline_s=60)
+                deadline_s=60, setup_threads=server.setup_threads)
     proc = context.Process(target=run_worker, args=(plan, child), daemon=True)
     proc.start()
     try:
@@ -216,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="directory for the JSON-lines file (default bench/results)")
     args = parser.parse_args(argv)
+    # The servers inherit this: ngIRCd takes no more clients than its soft
+    # limit on open files allows (1,024 by default), then lets connects time out.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     runs = 1 if args.smoke else args.runs
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}{'-smoke' if args.smoke else ''}.jsonl"

@@ -47,7 +47,6 @@ class LineReader:
 
 class Driver:
     echoes_own = True  # does a sender receive its own messages?
-    setup_threads = 16  # clients connecting at once in each worker (untimed)
 
     def handshake(self, sock: socket.socket, number: int) -> None:
         pass
@@ -78,9 +77,6 @@ class ToyDriver(Driver):
 
 
 class AuthchatDriver(Driver):
-    # Below the server's bcrypt queue (cores x 5): more at once would be told to wait.
-    setup_threads = 4
-
     def __init__(self, password: str) -> None:
         self.password = password
 
@@ -109,8 +105,6 @@ class IrcDriver(Driver):
     """NICK/USER, JOIN one channel, PRIVMSG to it; IRC does not echo to the sender."""
 
     echoes_own = False
-    # InspIRCd finishes a registration only on its once-a-second tick.
-    setup_threads = 64
 
     def handshake(self, sock: socket.socket, number: int) -> None:
         reader = LineReader(sock)

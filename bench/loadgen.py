@@ -57,6 +57,7 @@ class Plan:
     password: str = ""
     deadline_s: float = 120.0
     idle: bool = False            # connect and hold only (the connections scenario)
+    setup_threads: int = 4        # clients connecting at once (untimed): see servers.py
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -103,7 +104,7 @@ def run_worker(plan: Plan, pipe: Connection) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     driver = make_driver(plan)
     try:
-        with ThreadPoolExecutor(driver.setup_threads) as pool:
+        with ThreadPoolExecutor(plan.setup_threads) as pool:
             wires = list(pool.map(lambda n: _connect(plan, n, driver), plan.clients))
         clients = [Client(n, wire, driver) for n, wire in zip(plan.clients, wires)]
     except Exception as e:  # report, so the parent does not wait for nothing

@@ -34,6 +34,7 @@ class ServerUnderTest:
     name = "?"
     driver = "?"
     tls = False
+    setup_threads = 16  # clients each load worker connects at once, before the clock
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
@@ -95,6 +96,7 @@ class ServerUnderTest:
 class Authchat(ServerUnderTest):
     name = "authchat"
     driver = "authchat"
+    setup_threads = 4  # below the bcrypt queue (cores x 5): more would be told to wait
 
     def __init__(self, tls: bool = False, bcrypt_cost: int = 4) -> None:
         self.tls = tls
@@ -168,6 +170,7 @@ class _Irc(ServerUnderTest):
 
 class Ngircd(_Irc):
     name = "ngircd"
+    setup_threads = 4  # its listen backlog is short: a crowd of connects times out
     binary = "ngircd"
     config = "ngircd.conf.in"
 
@@ -177,6 +180,7 @@ class Ngircd(_Irc):
 
 class Inspircd(_Irc):
     name = "inspircd"
+    setup_threads = 64  # it finishes a registration only on its once-a-second tick
     binary = "inspircd"
     config = "inspircd.conf.in"
 
