@@ -164,7 +164,12 @@ class _Writer:
             now = time.monotonic()
             for session in due:
                 if session in self._sessions:
-                    self._serve(session, now)
+                    try:
+                        self._serve(session, now)
+                    except Exception:  # last resort: one session's failure ends it alone
+                        log.exception("writing to a session failed")
+                        session.transport.shutdown()
+                        self._drop(session)
             self._check_stalled(now)
             self._check_lingering(now)
             if stopping and not self._sessions:
