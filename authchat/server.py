@@ -13,9 +13,12 @@ Threads:
     output through non-blocking sockets;
   - one housekeeping thread: live revocation of accounts changed by the admin
     CLI (via PRAGMA data_version) and forced closes of ended sessions whose
-    client stopped reading.
-bcrypt runs in connection threads, bounded by a semaphore and never under a
-lock that other sessions need. The server holds no SQL: the Store does.
+    client stopped reading;
+  - as many "auth" worker threads as hashing slots, where login,
+    registration and password changes run bcrypt and their SQL (`off_thread`).
+bcrypt is bounded by a semaphore and never runs under a lock that other
+sessions need; a connection thread waits for its worker. The server holds no
+SQL: the Store does.
 """
 
 from __future__ import annotations
