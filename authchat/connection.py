@@ -354,6 +354,7 @@ class Connection:
         limits = self.server.config.limits
         last_heard = time.monotonic()
         pinged = False
+        self._handle_received(session)  # requests that came in the same read as the login
         while not session.outbox.closed:
             wait = limits.ping_timeout_s if pinged else limits.ping_interval_s
             try:
@@ -369,17 +370,21 @@ class Connection:
                 return
             last_heard, pinged = time.monotonic(), False
             self.protocol.receive_data(data)
-            says: list[Say] = []
-            while not session.outbox.closed and (event := self.protocol.next_event()):
-                # A run of messages enters the room in one go. One with an id
-                # is said alone: its ok must follow its own message directly.
-                if isinstance(event, Say) and event.id is None:
-                    if self._take_token(session, event, says):
-                        says.append(event)
-                    continue
-                self._say_all(session, says)
-                self._chat_event(session, event)
+            self._handle_received(session)
+
+    def _handle_received(self, session: Session) -> None:
+        """Carry out every complete request received so far."""
+        says: list[Say] = []
+        while not session.outbox.closed and (event := self.protocol.next_event()):
+            # A run of messages enters the room in one go. One with an id
+            # is said alone: its ok must follow its own message directly.
+            if isinstance(event, Say) and event.id is None:
+                if self._take_token(session, event, says):
+                    says.append(event)
+                continue
             self._say_all(session, says)
+            self._chat_event(session, event)
+        self._say_all(session, says)
 
     def _take_token(self, session: Session, event: Request, says: list[Say]) -> bool:
         """Take a token for `event`; when there is none, say `says` first and push back."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -108,6 +109,23 @@ def test_handshake_timeout(servers: Any) -> None:
     client.expect_error("handshake_timeout")
     client.expect_closed()
     assert time.monotonic() - started < 5
+
+
+def test_requests_sent_together_with_the_login_are_carried_out(servers: Any) -> None:
+    server = servers()
+    add_user(server, "alice")
+    client = Client(server.address)
+    client.hello()
+    client.send(b"".join(protocol_line(frame) for frame in (
+        {"type": "login", "username": "alice", "password": GOOD_PASSWORD},
+        {"type": "say", "text": "in the same packet"}, {"type": "ping", "id": "p"})))
+    client.expect("welcome")
+    client.expect("message", text="in the same packet")
+    client.expect("pong", re="p")
+
+
+def protocol_line(frame: dict[str, Any]) -> bytes:
+    return json.dumps(frame).encode() + b"\n"
 
 
 def test_before_login_only_the_handshake_is_accepted(servers: Any) -> None:
