@@ -167,6 +167,10 @@ class Outbox:
                 self._read_to(position, parts)
                 parts.append(data)
             self._read_to(stop, parts)
+        if closed:
+            # Nothing past `stop` is ever sent: let go of the feed, or this
+            # cursor would keep every frame said after it alive.
+            self._cursor = None
         if final is not None:
             parts.append(final)
         return b"".join(parts), closed

@@ -214,7 +214,10 @@ class _Writer:
         transport = session.transport
         try:
             left = transport.send_unsent() if transport.unsent_bytes() else 0
-            if not left and session not in self._finishing:
+            # A closed outbox is taken at once, even onto a stalled socket: what
+            # is left is bounded (its backlog, or only the last frame when
+            # discarded), and taking it frees the room's feed from its cursor.
+            if (not left or session.outbox.closed) and session not in self._finishing:
                 data, done = session.outbox.take()
                 if data:
                     left = transport.send(data)

@@ -138,7 +138,23 @@ def test_outbox_discard_drops_what_a_slow_client_never_read() -> None:
     outbox.close(b"slow_consumer", discard=True)
     feed.append(b"after the end ")
     assert outbox.take() == (b"slow_consumer", True)
-    assert outbox.backlog_bytes() == len(b"after the end ")  # never to be sent
+    # It holds nothing of the feed any more, however much more is said.
+    for _ in range(BLOCK_FRAMES * 2):
+        feed.append(b"later ")
+    assert outbox.backlog_bytes() == 0
+    assert outbox.take() == (b"", True)
+
+
+def test_a_closed_outbox_lets_go_of_the_feed_once_taken() -> None:
+    feed, outbox = Feed(), Outbox(limit_bytes=1 << 20)
+    outbox.follow(feed)
+    feed.append(b"one ")
+    outbox.close(b"bye")
+    feed.append(b"two ")
+    assert outbox.take() == (b"one bye", True)
+    for _ in range(BLOCK_FRAMES * 2):
+        feed.append(b"later ")
+    assert outbox.backlog_bytes() == 0
 
 
 def test_outbox_interleaves_the_feed_and_its_own_frames_in_order() -> None:
