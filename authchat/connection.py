@@ -264,25 +264,35 @@ class Connection:
         server, name = self.server, request.username
         refusal = self._precheck(request)
         if refusal is None:
-            with server.hashing(self._handshake_deadline) as got_slot:
-                if not got_slot:
-                    refusal = Refusal(ErrorCode.RATE_LIMITED, "the server is busy; try again", 1.0)
-                else:
-                    try:
-                        return server.off_thread(self._check_credentials, request)
-                    except AuthchatError as e:
-                        refusal = Refusal(e.code, _public_message(e))
-                    except Exception:  # last resort: answer, and keep serving others
-                        log.exception("%s from %s failed", type(request).__name__, self.ip)
-                        refusal = Refusal(ErrorCode.SERVER_ERROR, INTERNAL_ERROR)
+            try:
+                outcome = self._check_in_turn(request)
+            finally:
+                if isinstance(request, Login):
+                    server.auth_end(self.ip, name)  # its outcome is recorded by now
+            if isinstance(outcome, User):
+                return outcome
+            refusal = outcome
         self._send_now(protocol.error(refusal.code, refusal.message, request.id,
                                       refusal.retry_after))
         log.info("%s failed from %s: %s (user %s)", type(request).__name__.lower(), self.ip,
                  refusal.code, escape(name[:64]))
         return None
 
+    def _check_in_turn(self, request: Login | Register) -> User | Refusal:
+        """Check the credentials on an auth thread, once a hashing slot is free."""
+        with self.server.hashing(self._handshake_deadline) as got_slot:
+            if not got_slot:
+                return Refusal(ErrorCode.RATE_LIMITED, "the server is busy; try again", 1.0)
+            try:
+                return self.server.off_thread(self._check_credentials, request)
+            except AuthchatError as e:
+                return Refusal(e.code, _public_message(e))
+            except Exception:  # last resort: answer, and keep serving others
+                log.exception("%s from %s failed", type(request).__name__, self.ip)
+                return Refusal(ErrorCode.SERVER_ERROR, INTERNAL_ERROR)
+
     def _precheck(self, request: Login | Register) -> Refusal | None:
-        """The refusals that need no password hash."""
+        """The refusals that need no password hash; a login let through is in flight."""
         server, mode = self.server, self.server.config.server.registration
         if isinstance(request, Register):
             if mode == "closed" or (mode == "invite" and request.invite is None):
@@ -293,7 +303,7 @@ class Connection:
             if wait > 0:
                 return Refusal(ErrorCode.RATE_LIMITED, "too many registrations; try later", wait)
             return None
-        wait = server.auth_wait(self.ip, request.username)
+        wait = server.auth_begin(self.ip, request.username)
         if wait > 0:
             return Refusal(ErrorCode.RATE_LIMITED, "too many failed logins; try later", wait)
         return None

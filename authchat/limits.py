@@ -18,6 +18,7 @@ IP_PENALTY_CAP_S = 600.0
 ACCOUNT_DELAY_CAP_S = 300.0
 WINDOW_S = 60.0
 HOUR_S = 3600.0
+IN_FLIGHT_RETRY_S = 1.0   # when guesses still being checked may use up what is left
 
 V = TypeVar("V")
 
@@ -82,20 +83,22 @@ class TokenBucket:
 
 
 class _IpRecord:
-    __slots__ = ("failures", "penalties", "blocked_until")
+    __slots__ = ("failures", "penalties", "blocked_until", "in_flight")
 
     def __init__(self) -> None:
         self.failures: deque[float] = deque()
         self.penalties = 0
         self.blocked_until = 0.0
+        self.in_flight = 0
 
 
 class _AccountRecord:
-    __slots__ = ("consecutive", "last_failure")
+    __slots__ = ("consecutive", "last_failure", "in_flight")
 
     def __init__(self) -> None:
         self.consecutive = 0
         self.last_failure = 0.0
+        self.in_flight = 0
 
 
 class LoginThrottle:
@@ -106,6 +109,11 @@ class LoginThrottle:
     consecutive failures each further try must wait 2^(n - free) seconds, up
     to 5 minutes. Accounts are keyed by the lower-cased name whether or not
     it exists, so the throttle itself reveals nothing. A success resets both.
+
+    Guesses being checked count as failures until they are known (`begin`,
+    then `end`): otherwise a hundred guesses sent at once would all pass the
+    check before the first one failed. Once an account's free guesses are
+    spent, it has at most one guess in flight.
     """
 
     def __init__(self, per_ip_per_minute: int, per_account_free: int) -> None:
@@ -120,13 +128,43 @@ class LoginThrottle:
         ip_record = self._ips.get(ip)
         if ip_record is not None:
             wait = max(wait, ip_record.blocked_until - now)
+            recent = sum(1 for t in ip_record.failures if t > now - WINDOW_S)
+            if ip_record.in_flight and recent + ip_record.in_flight >= self.per_ip_per_minute:
+                wait = max(wait, IN_FLIGHT_RETRY_S)
         if account is not None:
             record = self._accounts.get(account.lower())
-            if record is not None and record.consecutive >= self.per_account_free:
-                delay = min(ACCOUNT_DELAY_CAP_S,
-                            2.0 ** (record.consecutive - self.per_account_free))
-                wait = max(wait, record.last_failure + delay - now)
+            if record is not None:
+                wait = max(wait, self._account_wait(record, now))
         return max(wait, 0.0)
+
+    def _account_wait(self, record: _AccountRecord, now: float) -> float:
+        if record.consecutive + record.in_flight < self.per_account_free:
+            return 0.0
+        if record.in_flight:
+            return IN_FLIGHT_RETRY_S
+        delay = min(ACCOUNT_DELAY_CAP_S, 2.0 ** (record.consecutive - self.per_account_free))
+        return record.last_failure + delay - now
+
+    def begin(self, ip: str, account: str, now: float) -> float:
+        """`wait_for`, and when that is 0.0, hold a guess in flight until `end`."""
+        wait = self.wait_for(ip, account, now)
+        if wait <= 0.0:
+            ip_record = self._ips.get(ip) or _IpRecord()
+            ip_record.in_flight += 1
+            self._ips.put(ip, ip_record)
+            record = self._accounts.get(account.lower()) or _AccountRecord()
+            record.in_flight += 1
+            self._accounts.put(account.lower(), record)
+        return wait
+
+    def end(self, ip: str, account: str) -> None:
+        """The guess `begin` let through is known: its failure or success is recorded."""
+        ip_record = self._ips.get(ip)
+        if ip_record is not None and ip_record.in_flight:
+            ip_record.in_flight -= 1
+        record = self._accounts.get(account.lower())
+        if record is not None and record.in_flight:
+            record.in_flight -= 1
 
     def failure(self, ip: str, account: str | None, now: float) -> None:
         record = self._ips.get(ip) or _IpRecord()

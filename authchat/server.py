@@ -270,9 +270,14 @@ class Server:
             if not conn.authenticated:
                 self._unauthenticated -= 1
 
-    def auth_wait(self, ip: str, username: str) -> float:
+    def auth_begin(self, ip: str, username: str) -> float:
+        """Seconds this login must wait; 0.0 lets it through, to be ended with `auth_end`."""
         with self._lock:
-            return self._throttle.wait_for(ip_key(ip), username, time.monotonic())
+            return self._throttle.begin(ip_key(ip), username, time.monotonic())
+
+    def auth_end(self, ip: str, username: str) -> None:
+        with self._lock:
+            self._throttle.end(ip_key(ip), username)
 
     def auth_failed(self, ip: str, username: str) -> None:
         with self._lock:

@@ -94,3 +94,24 @@ def test_connection_counter() -> None:
     counter.remove("a")
     counter.remove("a")
     assert (counter.total, counter.count("a")) == (1, 0)
+
+
+def test_guesses_in_flight_count_until_their_outcome_is_known() -> None:
+    throttle = LoginThrottle(per_ip_per_minute=1000, per_account_free=5)
+    # seven guesses at once: the five free ones go, the rest must wait for them
+    waits = [throttle.begin(f"10.0.0.{i}", "alice", 0.0) for i in range(7)]
+    assert waits == [0.0] * 5 + [1.0, 1.0]
+    for i in range(5):
+        throttle.failure(f"10.0.0.{i}", "alice", 0.0)
+        throttle.end(f"10.0.0.{i}", "alice")
+    assert throttle.begin("10.0.0.9", "Alice", 0.5) == 0.5  # the usual delay now
+    assert throttle.begin("10.0.0.9", "alice", 1.0) == 0.0  # one guess goes...
+    assert throttle.begin("10.0.0.8", "alice", 1.0) == 1.0  # ...and only one at a time
+
+
+def test_guesses_in_flight_count_against_their_address() -> None:
+    throttle = LoginThrottle(per_ip_per_minute=3, per_account_free=1000)
+    assert [throttle.begin("10.0.0.1", name, 0.0) for name in "abcd"] == [0.0, 0.0, 0.0, 1.0]
+    throttle.end("10.0.0.1", "a")  # say "a" was right after all: no failure recorded
+    assert throttle.begin("10.0.0.1", "d", 0.0) == 0.0
+    assert throttle.begin("10.0.0.2", "e", 0.0) == 0.0  # another address is not affected
