@@ -27,6 +27,20 @@ def escape_keeping_newlines(text: str) -> str:
     return _UNSAFE_BUT_NEWLINE.sub(_escape_match, text)
 
 
+def escape_json(text: str) -> str:
+    """JSON text with every unsafe character written as a JSON \\u escape.
+
+    json.dumps(ensure_ascii=False) escapes C0 controls but leaves DEL, C1
+    controls, separators, bidi controls and lone surrogates raw; as escapes
+    they decode to the same value and cannot act on a terminal.
+    """
+    return _UNSAFE.sub(_json_escape_match, text)
+
+
+def _json_escape_match(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
 def _escape_match(match: re.Match[str]) -> str:
     code = ord(match.group())
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

@@ -20,7 +20,7 @@ from typing import TextIO
 from .client import Chat, ClientError, Event, Notice, describe_error
 from .commands import HELP, Local, Mistake, Send, parse
 from .display import plain, render
-from .sanitize import escape
+from .sanitize import escape, escape_json
 
 EXIT_OK = 0
 EXIT_FAILED = 1        # a line was refused, or the server ended the session
@@ -47,7 +47,7 @@ class Printer:
         if isinstance(event, Notice) and self.as_json:
             complain(event.text)
             return
-        line = json.dumps(event, ensure_ascii=False, separators=(",", ":")) \
+        line = escape_json(json.dumps(event, ensure_ascii=False, separators=(",", ":"))) \
             if self.as_json and isinstance(event, dict) else plain(render(event, self.me))
         if line:
             with self._lock:

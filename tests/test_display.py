@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 from authchat.client import Notice
 from authchat.commands import Local, Mistake, Send, parse
 from authchat.display import plain, render
+from authchat.sanitize import escape_json
 
 
 def message(sender: str, text: str) -> dict[str, object]:
@@ -58,3 +62,11 @@ def test_parse_typed_lines() -> None:
     assert isinstance(parse("/dm bob"), Mistake)
     unknown = parse("/frobnicate now")
     assert isinstance(unknown, Mistake) and "/help" in unknown.hint
+
+
+def test_json_output_escapes_what_a_terminal_would_act_on() -> None:
+    frame = {"type": "message", "text": "a\u202eb\u2028c\x9b31m\x7f\ud800\n\t"}
+    raw = json.dumps(frame, ensure_ascii=False)
+    safe = escape_json(raw)
+    assert json.loads(safe) == frame  # the same value, decoded
+    assert not re.search("[\x00-\x1f\x7f-\x9f\u2028\u202e\ud800]", safe)
