@@ -17,6 +17,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -191,10 +192,15 @@ class ServerProcess:
 
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "authchat", "serve", "--port", "0", *args],
-            env=cli_env(home, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=cli_env(home, **env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL, preexec_fn=limit_file_size)
+        self.pid = self.proc.pid
         self.log = b""
         self.address = self._wait_listening()
+        # Keep reading the log: a server whose stderr pipe fills up would block
+        # on its next log line, and a long test would measure that, not the server.
+        self._drainer = threading.Thread(target=self._drain_log, daemon=True)
+        self._drainer.start()
 
     def _wait_listening(self) -> tuple[str, int]:
         assert self.proc.stderr is not None
@@ -208,13 +214,60 @@ class ServerProcess:
             if match:
                 return match[1].decode(), int(match[2])
 
+    def _drain_log(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log += line
+
     def terminate(self, timeout: float = 10) -> int:
         self.proc.send_signal(signal.SIGTERM)
-        _, err = self.proc.communicate(timeout=timeout)
-        self.log += err
-        return self.proc.returncode
+        return self._reap(timeout)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate(timeout=10)
+            self._reap(10)
+
+    def _reap(self, timeout: float) -> int:
+        """Wait for the process to end and for its last log lines."""
+        status = self.proc.wait(timeout=timeout)
+        self._drainer.join(timeout)
+        return status
+
+
+def add_users(home: Path, *names: str, role: str = "user") -> None:
+    """Create accounts in the database a server process in `home` uses."""
+    store = Store.from_config(server_config(home))
+    try:
+        store.migrate()
+        for name in names:
+            store.create_user(name, GOOD_PASSWORD, actor="test", role=role, allow_reserved=True)
+    finally:
+        store.close()
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """A process's resident memory (KiB), threads, open descriptors and sockets, from /proc."""
+    fields = dict(line.split(":", 1) for line in
+                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    targets = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:  # closed while we looked
+            pass
+    return {"rss_kib": int(fields["VmRSS"].split()[0]), "threads": int(fields["Threads"]),
+            "fds": len(targets), "sockets": sum(t.startswith("socket:") for t in targets)}
+
+
+def thread_cpu_ticks(pid: int) -> dict[int, int]:
+    """CPU time (clock ticks, user + system) each thread of a process has used."""
+    ticks = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except FileNotFoundError:  # the thread ended while we looked
+            continue
+        fields = stat.rpartition(")")[2].split()  # after "(comm)", which may hold spaces
+        ticks[int(tid)] = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks
