@@ -4,9 +4,7 @@ and every disable or delete reaches the right live sessions quickly."""
 from __future__ import annotations
 
 import itertools
-import json
 import selectors
-import socket
 import statistics
 import threading
 import time
