@@ -108,12 +108,15 @@ class LoginThrottle:
     1 s, then 2, 4 … up to 10 minutes. Per account: after `per_account_free`
     consecutive failures each further try must wait 2^(n - free) seconds, up
     to 5 minutes. Accounts are keyed by the lower-cased name whether or not
-    it exists, so the throttle itself reveals nothing. A success resets both.
+    it exists, so the throttle itself reveals nothing. A success resets the
+    account's count; an address's failures stay until they age out, since
+    one good login says nothing of the other guesses from that address.
 
     Guesses being checked count as failures until they are known (`begin`,
-    then `end`): otherwise a hundred guesses sent at once would all pass the
-    check before the first one failed. Once an account's free guesses are
-    spent, it has at most one guess in flight.
+    then `end`): otherwise guesses sent at once would all pass the check
+    before the first one failed. Once an account's free guesses are spent it
+    has at most one guess in flight; an address that has failed recently may
+    not have more in flight than it has failures left.
     """
 
     def __init__(self, per_ip_per_minute: int, per_account_free: int) -> None:
@@ -128,9 +131,6 @@ class LoginThrottle:
         ip_record = self._ips.get(ip)
         if ip_record is not None:
             wait = max(wait, ip_record.blocked_until - now)
-            recent = sum(1 for t in ip_record.failures if t > now - WINDOW_S)
-            if ip_record.in_flight and recent + ip_record.in_flight >= self.per_ip_per_minute:
-                wait = max(wait, IN_FLIGHT_RETRY_S)
         if account is not None:
             record = self._accounts.get(account.lower())
             if record is not None:
@@ -140,14 +140,27 @@ class LoginThrottle:
     def _account_wait(self, record: _AccountRecord, now: float) -> float:
         if record.consecutive + record.in_flight < self.per_account_free:
             return 0.0
+        wait = 0.0
+        if record.consecutive >= self.per_account_free:
+            delay = min(ACCOUNT_DELAY_CAP_S, 2.0 ** (record.consecutive - self.per_account_free))
+            wait = record.last_failure + delay - now
         if record.in_flight:
+            wait = max(wait, IN_FLIGHT_RETRY_S)
+        return wait
+
+    def _address_in_flight_wait(self, ip: str, now: float) -> float:
+        """Only once an address has failed: a shared address logging in at once is fine."""
+        record = self._ips.get(ip)
+        if record is None or not record.in_flight or not record.failures:
+            return 0.0
+        recent = sum(1 for t in record.failures if t > now - WINDOW_S)
+        if recent and recent + record.in_flight >= self.per_ip_per_minute:
             return IN_FLIGHT_RETRY_S
-        delay = min(ACCOUNT_DELAY_CAP_S, 2.0 ** (record.consecutive - self.per_account_free))
-        return record.last_failure + delay - now
+        return 0.0
 
     def begin(self, ip: str, account: str, now: float) -> float:
         """`wait_for`, and when that is 0.0, hold a guess in flight until `end`."""
-        wait = self.wait_for(ip, account, now)
+        wait = max(self.wait_for(ip, account, now), self._address_in_flight_wait(ip, now))
         if wait <= 0.0:
             ip_record = self._ips.get(ip) or _IpRecord()
             ip_record.in_flight += 1
@@ -182,9 +195,14 @@ class LoginThrottle:
             account_record.last_failure = now
             self._accounts.put(account.lower(), account_record)
 
-    def success(self, ip: str, account: str) -> None:
-        self._ips.pop(ip)
-        self._accounts.pop(account.lower())
+    def success(self, account: str) -> None:
+        record = self._accounts.get(account.lower())
+        if record is None:
+            return
+        if record.in_flight:  # other guesses are still being checked: keep counting them
+            record.consecutive = 0
+        else:
+            self._accounts.pop(account.lower())
 
 
 class WindowLimit:

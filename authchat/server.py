@@ -15,7 +15,8 @@ Threads:
     CLI (via PRAGMA data_version) and forced closes of ended sessions whose
     client stopped reading;
   - as many "auth" worker threads as hashing slots, where login,
-    registration and password changes run bcrypt and their SQL (`off_thread`).
+    registration, password changes and moderation run bcrypt and their SQL
+    (`off_thread`), each worker on its own long-lived SQLite connection.
 bcrypt is bounded by a semaphore and never runs under a lock that other
 sessions need; a connection thread waits for its worker. The server holds no
 SQL: the Store does.
@@ -31,8 +32,9 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from . import protocol
@@ -270,14 +272,19 @@ class Server:
             if not conn.authenticated:
                 self._unauthenticated -= 1
 
-    def auth_begin(self, ip: str, username: str) -> float:
-        """Seconds this login must wait; 0.0 lets it through, to be ended with `auth_end`."""
+    @contextmanager
+    def login_attempt(self, ip: str, username: str) -> Iterator[float]:
+        """`with server.login_attempt(ip, name) as wait:` seconds to wait first;
+        at 0.0 the guess counts as in flight until the block ends, by which
+        time `auth_failed` or `auth_succeeded` has recorded its outcome."""
         with self._lock:
-            return self._throttle.begin(ip_key(ip), username, time.monotonic())
-
-    def auth_end(self, ip: str, username: str) -> None:
-        with self._lock:
-            self._throttle.end(ip_key(ip), username)
+            wait = self._throttle.begin(ip_key(ip), username, time.monotonic())
+        try:
+            yield wait
+        finally:
+            if wait <= 0.0:
+                with self._lock:
+                    self._throttle.end(ip_key(ip), username)
 
     def auth_failed(self, ip: str, username: str) -> None:
         with self._lock:
@@ -285,7 +292,7 @@ class Server:
 
     def auth_succeeded(self, ip: str, username: str) -> None:
         with self._lock:
-            self._throttle.success(ip_key(ip), username)
+            self._throttle.success(username)
 
     def registration_wait(self, ip: str) -> float:
         with self._lock:
@@ -298,8 +305,10 @@ class Server:
     def off_thread(self, work: Callable[..., T], *args: Any) -> T:
         """Run `work` on one of a few worker threads and wait for its result.
 
-        For bcrypt and SQLite, under a `hashing` slot: at most `slots` run at
-        once, so a worker is always free and this waits only for the work.
+        For bcrypt and SQLite. Connection threads never open an SQLite
+        connection themselves, so the server holds one per worker however
+        many sessions come and go. bcrypt runs under a `hashing` slot: at
+        most `slots` hashes at once, so a worker is free within one hash.
         """
         return self._off_thread.submit(work, *args).result()
 

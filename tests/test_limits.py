@@ -37,7 +37,7 @@ def test_per_account_delay_doubles_and_success_resets() -> None:
     for n in range(30):
         throttle.failure("1.2.3.4", "alice", 100.0 + n)
     assert throttle.wait_for("1.2.3.4", "alice", 129.0) == 300.0  # capped
-    throttle.success("1.2.3.4", "alice")
+    throttle.success("alice")
     assert throttle.wait_for("1.2.3.4", "alice", 129.0) == 0.0
 
 
@@ -109,9 +109,32 @@ def test_guesses_in_flight_count_until_their_outcome_is_known() -> None:
     assert throttle.begin("10.0.0.8", "alice", 1.0) == 1.0  # ...and only one at a time
 
 
-def test_guesses_in_flight_count_against_their_address() -> None:
+def test_guesses_in_flight_count_against_an_address_that_has_failed() -> None:
     throttle = LoginThrottle(per_ip_per_minute=3, per_account_free=1000)
-    assert [throttle.begin("10.0.0.1", name, 0.0) for name in "abcd"] == [0.0, 0.0, 0.0, 1.0]
+    # an address with no failures may log in many at once: a shared NAT
+    assert [throttle.begin("10.0.0.9", name, 0.0) for name in "abcd"] == [0.0] * 4
+    throttle.failure("10.0.0.1", "x", 0.0)
+    assert [throttle.begin("10.0.0.1", name, 0.0) for name in "abc"] == [0.0, 0.0, 1.0]
     throttle.end("10.0.0.1", "a")  # say "a" was right after all: no failure recorded
     assert throttle.begin("10.0.0.1", "d", 0.0) == 0.0
-    assert throttle.begin("10.0.0.2", "e", 0.0) == 0.0  # another address is not affected
+    assert throttle.wait_for("10.0.0.1", None, 0.0) == 0.0  # new connections are not refused
+
+
+def test_a_success_keeps_counting_the_other_guesses_in_flight() -> None:
+    throttle = LoginThrottle(per_ip_per_minute=1000, per_account_free=3)
+    throttle.failure("10.0.0.1", "alice", 0.0)
+    assert throttle.begin("10.0.0.1", "alice", 0.0) == 0.0  # the owner...
+    assert throttle.begin("10.0.0.2", "alice", 0.0) == 0.0  # ...and a guess, at once
+    throttle.success("alice")
+    throttle.end("10.0.0.1", "alice")
+    # the count starts again, but the guess still being checked is in it
+    assert [throttle.begin(f"10.0.0.{n}", "alice", 0.0) for n in (3, 4, 5)] == [0.0, 0.0, 1.0]
+
+
+def test_retry_after_is_the_delay_when_a_guess_is_in_flight_too() -> None:
+    throttle = LoginThrottle(per_ip_per_minute=1000, per_account_free=1)
+    for n in range(4):
+        throttle.failure("10.0.0.1", "alice", 0.0)
+    assert throttle.begin("10.0.0.1", "alice", 0.0) == 8.0
+    assert throttle.begin("10.0.0.1", "alice", 8.0) == 0.0
+    assert throttle.begin("10.0.0.2", "alice", 8.0) == 1.0  # one at a time

@@ -424,6 +424,27 @@ def test_failed_logins_on_one_account_are_throttled(servers: Any) -> None:
     assert outcomes == ["bad_credentials", "bad_credentials", "rate_limited"]
 
 
+def test_guesses_sent_at_once_get_no_more_than_the_free_ones(servers: Any) -> None:
+    server = servers(auth__max_concurrent_hashes=16)  # every guess could be checked at once
+    add_user(server, "alice")
+    clients = [Client(server.address, source_ip=f"127.0.0.{10 + n}") for n in range(16)]
+    for client in clients:
+        client.hello()
+    start = threading.Barrier(len(clients))
+
+    def guess(client: Client) -> None:
+        start.wait()
+        client.send({"type": "login", "username": "alice", "password": OTHER_PASSWORD})
+
+    threads = [threading.Thread(target=guess, args=(client,)) for client in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    codes = sorted(client.recv()["code"] for client in clients)
+    assert codes == ["bad_credentials"] * 5 + ["rate_limited"] * 11
+
+
 def test_failed_logins_from_one_address_are_throttled(servers: Any) -> None:
     server = servers(limits__failed_logins_per_ip_per_minute=3)
     add_user(server, "alice")
