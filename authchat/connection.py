@@ -261,22 +261,23 @@ class Connection:
 
     def _authenticate(self, request: Login | Register) -> User | None:
         """Log in or register; on failure the client has its error and None comes back."""
-        server, name = self.server, request.username
-        refusal = self._precheck(request)
-        if refusal is None:
-            try:
-                outcome = self._check_in_turn(request)
-            finally:
-                if isinstance(request, Login):
-                    server.auth_end(self.ip, name)  # its outcome is recorded by now
-            if isinstance(outcome, User):
-                return outcome
-            refusal = outcome
+        refusal = self._attempt(request)
+        if isinstance(refusal, User):
+            return refusal
         self._send_now(protocol.error(refusal.code, refusal.message, request.id,
                                       refusal.retry_after))
         log.info("%s failed from %s: %s (user %s)", type(request).__name__.lower(), self.ip,
-                 refusal.code, escape(name[:64]))
+                 refusal.code, escape(request.username[:64]))
         return None
+
+    def _attempt(self, request: Login | Register) -> User | Refusal:
+        """A registration, or a login the throttle lets through, checked in turn."""
+        if isinstance(request, Register):
+            return self._registration_refusal(request) or self._check_in_turn(request)
+        with self.server.login_attempt(self.ip, request.username) as wait:
+            if wait > 0:
+                return Refusal(ErrorCode.RATE_LIMITED, "too many failed logins; try later", wait)
+            return self._check_in_turn(request)
 
     def _check_in_turn(self, request: Login | Register) -> User | Refusal:
         """Check the credentials on an auth thread, once a hashing slot is free."""
@@ -291,21 +292,16 @@ class Connection:
                 log.exception("%s from %s failed", type(request).__name__, self.ip)
                 return Refusal(ErrorCode.SERVER_ERROR, INTERNAL_ERROR)
 
-    def _precheck(self, request: Login | Register) -> Refusal | None:
-        """The refusals that need no password hash; a login let through is in flight."""
-        server, mode = self.server, self.server.config.server.registration
-        if isinstance(request, Register):
-            if mode == "closed" or (mode == "invite" and request.invite is None):
-                return Refusal(ErrorCode.REGISTRATION_CLOSED,
-                               "registration needs an invite" if mode == "invite"
-                               else "registration is closed")
-            wait = server.registration_wait(self.ip)
-            if wait > 0:
-                return Refusal(ErrorCode.RATE_LIMITED, "too many registrations; try later", wait)
-            return None
-        wait = server.auth_begin(self.ip, request.username)
+    def _registration_refusal(self, request: Register) -> Refusal | None:
+        """The refusals of a registration that need no password hash."""
+        mode = self.server.config.server.registration
+        if mode == "closed" or (mode == "invite" and request.invite is None):
+            return Refusal(ErrorCode.REGISTRATION_CLOSED,
+                           "registration needs an invite" if mode == "invite"
+                           else "registration is closed")
+        wait = self.server.registration_wait(self.ip)
         if wait > 0:
-            return Refusal(ErrorCode.RATE_LIMITED, "too many failed logins; try later", wait)
+            return Refusal(ErrorCode.RATE_LIMITED, "too many registrations; try later", wait)
         return None
 
     def _check_credentials(self, request: Login | Register) -> User:
@@ -325,8 +321,6 @@ class Connection:
             elif isinstance(e, UsernameTaken):
                 server.registered(self.ip)  # probing for names spends the IP's registrations
             raise
-        finally:
-            store.release_connection()
         server.auth_succeeded(self.ip, user.username)
         log.info("login %s from %s", escape(user.username), self.ip)
         return user
@@ -467,30 +461,26 @@ class Connection:
 
     def _set_password(self, session: Session, request: Passwd) -> None:
         store = self.server.store
-        try:
-            store.authenticate(session.username, request.old)
-            store.set_password(session.username, request.new, actor=f"user:{session.username}")
-        finally:
-            store.release_connection()
+        store.authenticate(session.username, request.old)
+        store.set_password(session.username, request.new, actor=f"user:{session.username}")
 
     def _moderate(self, session: Session, request: Kick | Ban) -> None:
-        store = self.server.store
-        try:
-            actor = store.get_user(session.username)  # the role as it is now, not at login
-            if actor.role != "admin" or actor.disabled:
-                session.reply(protocol.error(ErrorCode.FORBIDDEN, "admins only", request.id))
-                return
-            if request.username.lower() == session.username.lower():
-                session.reply(protocol.error(ErrorCode.BAD_REQUEST, "you cannot do that to "
-                                             "yourself", request.id))
-                return
-            targets = self.server.room.sessions_of(request.username)
-            if isinstance(request, Ban):
-                store.set_disabled(request.username, True, actor=f"user:{session.username}")
-            elif not targets:
-                raise NoSuchUser(f"{request.username[:64]} is not online")
-        finally:
-            store.release_connection()
+        server, store = self.server, self.server.store
+        # the role as it is now, not at login
+        actor = server.off_thread(store.get_user, session.username)
+        if actor.role != "admin" or actor.disabled:
+            session.reply(protocol.error(ErrorCode.FORBIDDEN, "admins only", request.id))
+            return
+        if request.username.lower() == session.username.lower():
+            session.reply(protocol.error(ErrorCode.BAD_REQUEST, "you cannot do that to "
+                                         "yourself", request.id))
+            return
+        targets = server.room.sessions_of(request.username)
+        if isinstance(request, Ban):
+            server.off_thread(lambda: store.set_disabled(request.username, True,
+                                                         actor=f"user:{session.username}"))
+        elif not targets:
+            raise NoSuchUser(f"{request.username[:64]} is not online")
         verb = "banned" if isinstance(request, Ban) else "kicked"
         note = f"{verb} by {session.username}" + (f": {request.reason}" if request.reason else "")
         # ok first: the target's leave must not overtake it in the admin's stream

@@ -115,19 +115,6 @@ class Store:
             policy=PasswordPolicy(config.auth.min_password_length),
         )
 
-    def release_connection(self) -> None:
-        """Close this thread's connection; the next use opens a new one.
-
-        Server threads call this after their rare store work so a thousand
-        idle sessions do not hold a thousand SQLite connections.
-        """
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            self._local.conn = None
-            with self._connections_lock:
-                self._connections.remove(conn)
-            conn.close()
-
     def close(self) -> None:
         with self._connections_lock:
             for conn in self._connections:
