@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 
-# C0/C1 controls, DEL, line/paragraph separators, bidi embedding/override/isolate,
-# and lone surrogates.
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-_UNSAFE_BUT_NEWLINE = re.compile(
-    r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+# C0/C1 controls, DEL, line/paragraph separators, bidi marks, embeddings,
+# overrides and isolates (the "Trojan Source" set), and lone surrogates.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
+                     r"\u2066-\u2069\ud800-\udfff]")
+_UNSAFE_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                                 r"\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def escape(text: str) -> str:
@@ -32,7 +33,8 @@ def escape_json(text: str) -> str:
 
     json.dumps(ensure_ascii=False) escapes C0 controls but leaves DEL, C1
     controls, separators, bidi controls and lone surrogates raw; as escapes
-    they decode to the same value and cannot act on a terminal.
+    they cannot act on a terminal, and JSON made from decoded text (where a
+    surrogate is always alone) decodes to the same value.
     """
     return _UNSAFE.sub(_json_escape_match, text)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
@@ -9,6 +10,7 @@ from authchat.client import Notice
 from authchat.commands import Local, Mistake, Send, parse
 from authchat.display import plain, render
 from authchat.sanitize import escape_json
+from authchat.script import Printer
 
 
 def message(sender: str, text: str) -> dict[str, object]:
@@ -65,8 +67,11 @@ def test_parse_typed_lines() -> None:
 
 
 def test_json_output_escapes_what_a_terminal_would_act_on() -> None:
-    frame = {"type": "message", "text": "a\u202eb\u2028c\x9b31m\x7f\ud800\n\t"}
+    frame = {"type": "message", "text": "a\u202eb\u2028c\x9b31m\x7f\ud800\n\t\u200f"}
     raw = json.dumps(frame, ensure_ascii=False)
     safe = escape_json(raw)
     assert json.loads(safe) == frame  # the same value, decoded
-    assert not re.search("[\x00-\x1f\x7f-\x9f\u2028\u202e\ud800]", safe)
+    assert not re.search("[\x00-\x1f\x7f-\x9f\u2028\u202e\ud800\u200f]", safe)
+    out = io.StringIO()
+    Printer(out, as_json=True, me="bob")(frame)  # what `connect --json` prints
+    assert json.loads(out.getvalue()) == frame and "\\u202e" in out.getvalue()
