@@ -160,9 +160,7 @@ class Outbox:
                 self._final = None
         parts = []
         stop = self._stop_at if closed else None
-        if closed and self._discard:
-            self._skip_to(stop)
-        else:
+        if not (closed and self._discard):
             for position, data in own:
                 self._read_to(position, parts)
                 parts.append(data)
@@ -209,9 +207,6 @@ class Outbox:
                 break
             block, index = following, 0
         self._cursor = block, index
-
-    def _skip_to(self, stop: int | None) -> None:
-        self._read_to(stop, [])
 
 
 class Room:
