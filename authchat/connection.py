@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, protocol
-from .errors import AuthchatError, ErrorCode, NoSuchUser, RegistrationClosed, UsernameTaken
+from .errors import (
+    AuthchatError,
+    BadCredentials,
+    ErrorCode,
+    NoSuchUser,
+    RegistrationClosed,
+    UsernameTaken,
+)
 from .limits import TokenBucket
 from .sanitize import escape
 from .protocol import (
@@ -449,19 +456,33 @@ class Connection:
             self._moderate(session, request)
 
     def _change_password(self, session: Session, request: Passwd) -> None:
-        deadline = time.monotonic() + self.server.config.limits.handshake_timeout_s
-        with self.server.hashing(deadline) as got_slot:
-            if not got_slot:
-                session.reply(protocol.error(ErrorCode.RATE_LIMITED, "the server is busy",
-                                             request.id, 1.0))
+        """A guess at the old password counts like a login's: a session left
+        open somewhere must not be a way to guess the password faster."""
+        server = self.server
+        deadline = time.monotonic() + server.config.limits.handshake_timeout_s
+        with server.login_attempt(self.ip, session.username) as wait:
+            if wait > 0:
+                session.reply(protocol.error(ErrorCode.RATE_LIMITED,
+                                             "too many failed attempts; try later",
+                                             request.id, wait))
                 return
-            self.server.off_thread(self._set_password, session, request)
+            with server.hashing(deadline) as got_slot:
+                if not got_slot:
+                    session.reply(protocol.error(ErrorCode.RATE_LIMITED, "the server is busy",
+                                                 request.id, 1.0))
+                    return
+                server.off_thread(self._set_password, session, request)
         log.info("%s changed their password", escape(session.username))
         session.reply(protocol.ok(request.id))
 
     def _set_password(self, session: Session, request: Passwd) -> None:
-        store = self.server.store
-        store.authenticate(session.username, request.old)
+        server, store = self.server, self.server.store
+        try:
+            store.authenticate(session.username, request.old)
+        except BadCredentials:
+            server.auth_failed(self.ip, session.username)
+            raise
+        server.auth_succeeded(self.ip, session.username)
         store.set_password(session.username, request.new, actor=f"user:{session.username}")
 
     def _moderate(self, session: Session, request: Kick | Ban) -> None:

@@ -331,6 +331,22 @@ def test_passwd(servers: Any) -> None:
     assert server.store.audit_entries()[-1].action == "user.passwd"
 
 
+def test_guessing_the_old_password_is_throttled_like_logins(servers: Any) -> None:
+    server = servers(limits__failed_logins_per_account=2)
+    add_user(server, "alice")
+    client = logged_in(server, "alice")
+    codes = []
+    for n in range(3):
+        client.send({"type": "passwd", "old": f"guess number {n}", "new": OTHER_PASSWORD,
+                     "id": n})
+        codes.append(client.expect("error", re=n)["code"])
+    assert codes == ["bad_credentials", "bad_credentials", "rate_limited"]
+    other = Client(server.address)  # the account's logins wait too
+    other.hello()
+    other.send({"type": "login", "username": "alice", "password": GOOD_PASSWORD})
+    assert other.expect_error("rate_limited")["retry_after"] > 0
+
+
 def test_ping_from_the_server_and_idle_timeout(servers: Any) -> None:
     server = servers(limits__ping_interval_s=0.5, limits__ping_timeout_s=2.0)
     add_user(server, "alice")
