@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import select
 import subprocess
 import sys
 import threading
@@ -157,9 +158,11 @@ def test_fuzzed_frames_leave_the_server_serving_others(home: Path,
     add_users(home, "alice", "bob", "fuzz")
     # One hashing slot: its worker thread and SQLite connection start with
     # the first login, so the counts below are the server's steady state.
+    # The mutated logins fail on "fuzz" too: the throttle would then turn
+    # away the fuzzers' own logins, which is not what this test is about.
     server = serve(home, messages_per_second=10000, message_burst=10000,
-                   max_sessions_per_user=50, failed_logins_per_ip_per_minute=1000,
-                   AUTH_MAX_CONCURRENT_HASHES=1)
+                   max_sessions_per_user=50, failed_logins_per_ip_per_minute=100_000,
+                   failed_logins_per_account=100_000, AUTH_MAX_CONCURRENT_HASHES=1)
     started.append(server)
     alice, bob = Client(server.address), Client(server.address)
     alice.login("alice")
@@ -401,6 +404,20 @@ HOSTILE_TEXTS = ["x\nINFO admin login ok", "\u2028x", "\x1b[2J", "\u202eecila", 
 UNSAFE_ON_A_TERMINAL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
+def read_until(process: subprocess.Popen[bytes], marker: str, timeout: float = 30) -> str:
+    """What `process` prints until `marker` has appeared (read unbuffered, so
+    that select sees everything not yet read)."""
+    assert process.stdout is not None
+    fd, seen, deadline = process.stdout.fileno(), b"", time.monotonic() + timeout
+    while marker.encode() not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"{marker!r} never came: {seen!r}"
+        chunk = os.read(fd, 65536)
+        assert chunk, f"ended before {marker!r}: {seen!r}"
+        seen += chunk
+    return seen.decode()
+
+
 def test_hostile_names_and_text_are_escaped_in_the_log_and_the_terminal(
         home: Path, started: list[ServerProcess]) -> None:
     add_users(home, "mallory", "bob")
@@ -409,13 +426,13 @@ def test_hostile_names_and_text_are_escaped_in_the_log_and_the_terminal(
     port = ["--port", str(server.address[1]), "--no-tls", "--password-stdin"]
     readers = [subprocess.Popen(
         [sys.executable, "-m", "authchat", "connect", "bob", *port, *extra],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         env=cli_env(home)) for extra in ([], ["--json"])]
     for reader in readers:
-        assert reader.stdin is not None and reader.stdout is not None
-        reader.stdin.write(GOOD_PASSWORD + "\n/who\n")
+        assert reader.stdin is not None
+        reader.stdin.write(GOOD_PASSWORD.encode() + b"\n/who\n")
         reader.stdin.flush()
-        assert "bob" in reader.stdout.readline()  # in the room
+        read_until(reader, "bob")  # in the room
     for name in HOSTILE_TEXTS:  # as usernames: refused, and logged harmlessly
         for kind in ("login", "register"):
             client = Client(server.address)
@@ -428,9 +445,9 @@ def test_hostile_names_and_text_are_escaped_in_the_log_and_the_terminal(
     text = "line one\nline two \u202eevil\u202c \u2028 end"  # allowed, but not raw on screens
     mallory.send({"type": "say", "text": text})
     mallory.send({"type": "dm", "to": "bob", "text": text})
-    mallory.send({"type": "say", "text": "done", "id": "last"})
-    mallory.expect("ok", skip=("message", "dm", "join", "leave"), re="last")
-    outputs = [reader.communicate("", timeout=30)[0] for reader in readers]
+    mallory.send({"type": "say", "text": "done"})
+    outputs = [read_until(reader, "done") + reader.communicate(b"", timeout=30)[0].decode()
+               for reader in readers]
     for output in outputs:
         assert "evil" in output and "done" in output
         assert not UNSAFE_ON_A_TERMINAL.search(output), repr(output)
