@@ -82,6 +82,9 @@ class Session:
         self.finished = threading.Event()  # its writer is done with it
         self._username = user.username
         self.role = user.role
+        # The password this session logged in with; a change made elsewhere ends it.
+        self.password_version = user.password_version
+        self.changing_password = False  # this session is making the change itself
         limits = connection.server.config.limits
         self.outbox = Outbox(limits.outbound_queue_bytes)
         self.end_reason: str | None = None
@@ -471,11 +474,18 @@ class Connection:
                     session.reply(protocol.error(ErrorCode.RATE_LIMITED, "the server is busy",
                                                  request.id, 1.0))
                     return
-                server.off_thread(self._set_password, session, request)
+                # Until this session knows the new version, housekeeping must
+                # not take the change for one made elsewhere.
+                session.changing_password = True
+                try:
+                    user = server.off_thread(self._set_password, session, request)
+                    session.password_version = user.password_version
+                finally:
+                    session.changing_password = False
         log.info("%s changed their password", escape(session.username))
         session.reply(protocol.ok(request.id))
 
-    def _set_password(self, session: Session, request: Passwd) -> None:
+    def _set_password(self, session: Session, request: Passwd) -> User:
         server, store = self.server, self.server.store
         try:
             store.authenticate(session.username, request.old)
@@ -483,7 +493,8 @@ class Connection:
             server.auth_failed(self.ip, session.username)
             raise
         server.auth_succeeded(self.ip, session.username)
-        store.set_password(session.username, request.new, actor=f"user:{session.username}")
+        return store.set_password(session.username, request.new,
+                                  actor=f"user:{session.username}")
 
     def _moderate(self, session: Session, request: Kick | Ban) -> None:
         server, store = self.server, self.server.store

@@ -334,7 +334,9 @@ class Server:
                 log.exception("housekeeping failed")
 
     def _apply_account_changes(self) -> None:
-        """Make admin-CLI changes to online accounts take effect on their sessions."""
+        """Make account changes take effect on live sessions: a disabled or
+        deleted account loses them all, a changed password all but the one
+        that changed it, a new role applies at once."""
         members = self.room.members()
         current = self.store.lookup_users({m.username for m in members})
         for member in members:
@@ -343,6 +345,12 @@ class Server:
             if user is None or user.disabled:
                 member.end(ErrorCode.ACCOUNT_DISABLED, "your account has been disabled",
                            "disabled")
+            # Newer, not different: `current` may predate a change this
+            # session has just made and already knows of.
+            elif user.password_version > member.password_version \
+                    and not member.changing_password:
+                member.end(ErrorCode.KICKED, "your password was changed; log in again",
+                           "password_changed")
             elif user.role != member.role:
                 member.role = user.role
                 log.info("role of %s is now %s", escape(member.username), user.role)

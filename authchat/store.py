@@ -71,6 +71,7 @@ class User:
     created_at: str
     updated_at: str
     last_login_at: str | None
+    password_version: int  # counts password changes
 
 
 @dataclass(frozen=True)
@@ -334,7 +335,13 @@ class Store:
         user = self.get_user(username)
         self.policy.check(password, user.username)
         password_hash = self.hasher.hash(password)
-        return self._update_user(username, actor, "user.passwd", {}, password_hash=password_hash)
+        with self.transaction() as conn:
+            before = self._user_by_name(conn, username)
+            conn.execute("UPDATE users SET password_hash = ?, password_version = "
+                         "password_version + 1, updated_at = ? WHERE id = ?",
+                         (password_hash, utc_now(), before.id))
+            _audit(conn, actor, "user.passwd", before.username, {})
+            return self._user_by_id(conn, before.id)
 
     def set_role(self, username: str, role: str, *, actor: str) -> User:
         _check_role(role)
@@ -426,13 +433,15 @@ class Store:
                            json.loads(row["detail"])) for row in rows]
 
 
-_USER_COLUMNS = "id, username, role, disabled, created_at, updated_at, last_login_at"
+_USER_COLUMNS = ("id, username, role, disabled, created_at, updated_at, last_login_at, "
+                 "password_version")
 _INVITE_COLUMNS = "id, role, max_uses, uses, expires_at, revoked_at, created_at, created_by"
 
 
 def _user(row: sqlite3.Row) -> User:
     return User(row["id"], row["username"], row["role"], bool(row["disabled"]),
-                row["created_at"], row["updated_at"], row["last_login_at"])
+                row["created_at"], row["updated_at"], row["last_login_at"],
+                row["password_version"])
 
 
 def _check_role(role: str) -> None:

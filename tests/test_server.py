@@ -6,6 +6,7 @@ import json
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from authchat import __version__
 
 from conftest import GOOD_PASSWORD, Runner
-from helpers import Client, add_user, eventually, logged_in
+from helpers import Client, add_user, add_users, eventually, logged_in
 
 OTHER_PASSWORD = "an entirely different phrase"
 
@@ -558,6 +559,42 @@ def test_cli_demotion_takes_effect(servers: Any, run_cli: Runner) -> None:
     admin.send({"type": "kick", "username": "bob", "id": 1})
     admin.expect_error("forbidden", re=1)
     assert eventually(lambda: {"username": "root", "role": "user"} in server.room.who(), 2.0)
+
+
+def test_a_password_change_ends_the_other_sessions(servers: Any, run_cli: Runner) -> None:
+    server = servers()
+    for name in ("alice", "bob"):
+        add_user(server, name)
+    bob = logged_in(server, "bob")
+    here, elsewhere = logged_in(server, "alice"), logged_in(server, "alice")
+    here.send({"type": "passwd", "old": GOOD_PASSWORD, "new": OTHER_PASSWORD, "id": 1})
+    here.expect("ok", re=1)
+    started = time.monotonic()
+    elsewhere.expect_error("kicked", skip=("join", "leave", "message"))
+    elsewhere.expect_closed()
+    assert time.monotonic() - started < 2.0
+    here.send({"type": "say", "text": "still in", "id": 2})  # the session that changed it
+    here.expect("message", skip=("join", "leave", "ok"), text="still in")
+    # An admin's change ends them all, and the room sees why.
+    run_cli("users", "passwd", "alice", "--password-stdin", input=GOOD_PASSWORD + "\n",
+            check=True)
+    here.expect_error("kicked", skip=("join", "leave", "message", "ok"))
+    leave = wait_for_frame(bob, "leave", timeout=2.0)
+    assert leave == {"type": "leave", "username": "alice", "reason": "password_changed"}
+
+
+def test_a_rehash_at_a_new_cost_is_not_a_password_change(tmp_path: Path, servers: Any) -> None:
+    add_users(tmp_path / "home", "alice", "bob")  # hashed at the test cost, 4
+    server = servers(auth__bcrypt_cost=5)  # the first login rehashes at 5
+    first = logged_in(server, "alice")
+    second = logged_in(server, "alice")
+    bob = logged_in(server, "bob")
+    server.store.set_role("bob", "admin", actor="test")
+    # Once the role has reached bob's session, housekeeping has seen the rehash too.
+    assert eventually(lambda: {"username": "bob", "role": "admin"} in server.room.who(), 5.0)
+    for client in (first, second, bob):
+        client.send({"type": "ping", "id": "p"})
+        client.expect("pong", skip=("join", "leave"), re="p")
 
 
 # -- order and slow consumers -----------------------------------------------------------
