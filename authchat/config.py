@@ -96,6 +96,10 @@ class LoggingConfig:
     level: str = _opt("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     # Empty means standard error.
     file: str = _opt("", path=True)
+    # A log file is rotated at this size, keeping this many old ones, so a
+    # flood of failed logins cannot fill the disk.
+    file_max_bytes: int = _opt(10 * 1024 * 1024, low=4096, high=2**40)
+    file_backups: int = _opt(5, low=1, high=1000)
 
 
 @dataclass(frozen=True)

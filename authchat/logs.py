@@ -10,6 +10,7 @@ the logger at all.
 from __future__ import annotations
 
 import logging
+from logging.handlers import RotatingFileHandler
 
 from .config import Config
 from .sanitize import escape
@@ -29,7 +30,9 @@ def setup_logging(config: Config) -> None:
     """Configure the root logger once, from the [logging] section."""
     handler: logging.Handler
     if config.logging.file:
-        handler = logging.FileHandler(config.logging.file, encoding="utf-8")
+        handler = RotatingFileHandler(config.logging.file, encoding="utf-8",
+                                      maxBytes=config.logging.file_max_bytes,
+                                      backupCount=config.logging.file_backups)
     else:
         handler = logging.StreamHandler()
     handler.setFormatter(OneLineFormatter(FORMAT))
