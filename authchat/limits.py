@@ -105,7 +105,8 @@ class LoginThrottle:
     """Online-guessing throttles, per source address and per account name.
 
     Per address: `per_ip_per_minute` failures within a minute earn a wait of
-    1 s, then 2, 4 … up to 10 minutes. Per account: after `per_account_free`
+    1 s, then 2, 4 … up to 10 minutes; an hour after the last wait ends the
+    doubling starts again from 1 s. Per account: after `per_account_free`
     consecutive failures each further try must wait 2^(n - free) seconds, up
     to 5 minutes. Accounts are keyed by the lower-cased name whether or not
     it exists, so the throttle itself reveals nothing. A success resets the
@@ -170,17 +171,32 @@ class LoginThrottle:
             self._accounts.put(account.lower(), record)
         return wait
 
-    def end(self, ip: str, account: str) -> None:
-        """The guess `begin` let through is known: its failure or success is recorded."""
+    def end(self, ip: str, account: str, now: float) -> None:
+        """The guess `begin` let through is known: its failure or success is recorded.
+
+        A record left with nothing to remember goes, so that the tables hold
+        only addresses and accounts with failures, not everyone who logs in.
+        """
         ip_record = self._ips.get(ip)
-        if ip_record is not None and ip_record.in_flight:
-            ip_record.in_flight -= 1
+        if ip_record is not None:
+            ip_record.in_flight = max(0, ip_record.in_flight - 1)
+            if not (ip_record.in_flight or ip_record.failures
+                    or _penalty_remembered(ip_record, now)):
+                self._ips.pop(ip)
         record = self._accounts.get(account.lower())
-        if record is not None and record.in_flight:
-            record.in_flight -= 1
+        if record is not None:
+            record.in_flight = max(0, record.in_flight - 1)
+            if not (record.in_flight or record.consecutive):
+                self._accounts.pop(account.lower())
+
+    def tracked(self) -> tuple[int, int]:
+        """How many addresses and accounts the throttle remembers."""
+        return len(self._ips), len(self._accounts)
 
     def failure(self, ip: str, account: str | None, now: float) -> None:
         record = self._ips.get(ip) or _IpRecord()
+        if not _penalty_remembered(record, now):
+            record.penalties = 0  # a long spell of good behaviour is forgiven
         record.failures.append(now)
         while record.failures and record.failures[0] <= now - WINDOW_S:
             record.failures.popleft()
@@ -203,6 +219,11 @@ class LoginThrottle:
             record.consecutive = 0
         else:
             self._accounts.pop(account.lower())
+
+
+def _penalty_remembered(record: _IpRecord, now: float) -> bool:
+    """Whether the next penalty doubles the last: for an hour after it ends."""
+    return record.penalties > 0 and now - record.blocked_until < HOUR_S
 
 
 class WindowLimit:

@@ -284,7 +284,7 @@ class Server:
         finally:
             if wait <= 0.0:
                 with self._lock:
-                    self._throttle.end(ip_key(ip), username)
+                    self._throttle.end(ip_key(ip), username, time.monotonic())
 
     def auth_failed(self, ip: str, username: str) -> None:
         with self._lock:

@@ -103,7 +103,7 @@ def test_guesses_in_flight_count_until_their_outcome_is_known() -> None:
     assert waits == [0.0] * 5 + [1.0, 1.0]
     for i in range(5):
         throttle.failure(f"10.0.0.{i}", "alice", 0.0)
-        throttle.end(f"10.0.0.{i}", "alice")
+        throttle.end(f"10.0.0.{i}", "alice", 0.0)
     assert throttle.begin("10.0.0.9", "Alice", 0.5) == 0.5  # the usual delay now
     assert throttle.begin("10.0.0.9", "alice", 1.0) == 0.0  # one guess goes...
     assert throttle.begin("10.0.0.8", "alice", 1.0) == 1.0  # ...and only one at a time
@@ -115,7 +115,7 @@ def test_guesses_in_flight_count_against_an_address_that_has_failed() -> None:
     assert [throttle.begin("10.0.0.9", name, 0.0) for name in "abcd"] == [0.0] * 4
     throttle.failure("10.0.0.1", "x", 0.0)
     assert [throttle.begin("10.0.0.1", name, 0.0) for name in "abc"] == [0.0, 0.0, 1.0]
-    throttle.end("10.0.0.1", "a")  # say "a" was right after all: no failure recorded
+    throttle.end("10.0.0.1", "a", 0.0)  # say "a" was right after all: no failure recorded
     assert throttle.begin("10.0.0.1", "d", 0.0) == 0.0
     assert throttle.wait_for("10.0.0.1", None, 0.0) == 0.0  # new connections are not refused
 
@@ -126,7 +126,7 @@ def test_a_success_keeps_counting_the_other_guesses_in_flight() -> None:
     assert throttle.begin("10.0.0.1", "alice", 0.0) == 0.0  # the owner...
     assert throttle.begin("10.0.0.2", "alice", 0.0) == 0.0  # ...and a guess, at once
     throttle.success("alice")
-    throttle.end("10.0.0.1", "alice")
+    throttle.end("10.0.0.1", "alice", 0.0)
     # the count starts again, but the guess still being checked is in it
     assert [throttle.begin(f"10.0.0.{n}", "alice", 0.0) for n in (3, 4, 5)] == [0.0, 0.0, 1.0]
 
@@ -138,3 +138,26 @@ def test_retry_after_is_the_delay_when_a_guess_is_in_flight_too() -> None:
     assert throttle.begin("10.0.0.1", "alice", 0.0) == 8.0
     assert throttle.begin("10.0.0.1", "alice", 8.0) == 0.0
     assert throttle.begin("10.0.0.2", "alice", 8.0) == 1.0  # one at a time
+
+
+def test_logins_that_succeed_leave_nothing_behind() -> None:
+    throttle = LoginThrottle(per_ip_per_minute=10, per_account_free=5)
+    for n in range(100):
+        assert throttle.begin(f"10.0.{n}.1", f"user{n}", 0.0) == 0.0
+        throttle.success(f"user{n}")
+        throttle.end(f"10.0.{n}.1", f"user{n}", 0.0)
+    assert throttle.tracked() == (0, 0)
+    throttle.begin("10.0.0.1", "alice", 0.0)
+    throttle.failure("10.0.0.1", "alice", 0.0)
+    throttle.end("10.0.0.1", "alice", 0.0)
+    assert throttle.tracked() == (1, 1)  # a failure is remembered
+
+
+def test_an_address_penalty_is_forgiven_after_a_quiet_hour() -> None:
+    throttle = LoginThrottle(per_ip_per_minute=1, per_account_free=1000)
+    throttle.failure("10.0.0.1", "a", 0.0)
+    throttle.failure("10.0.0.1", "a", 10.0)
+    assert throttle.wait_for("10.0.0.1", None, 10.0) == 2.0  # doubled
+    later = 10.0 + 2.0 + 3600.0
+    throttle.failure("10.0.0.1", "a", later)
+    assert throttle.wait_for("10.0.0.1", None, later) == 1.0  # back to the first step
