@@ -180,6 +180,14 @@ class Connection:
         else:
             self.sock.close()
         self.server.release(self)
+        if session is not None:
+            # Cut the cycles an ended session sits in: it and this connection
+            # refer to each other, and its outbox holds the writer's wake-up
+            # callback, which refers to it. Left to the garbage collector's
+            # next full pass, every ended session keeps its socket and TLS state
+            # till then: under churn, tens of megabytes (docs/benchmarks.md, Soak).
+            session.outbox.wake = _nothing
+            self.session = None
 
     @property
     def _handshake_deadline(self) -> float:
@@ -522,6 +530,10 @@ class Connection:
             target.end(ErrorCode.KICKED, note, "kicked")
         log.info("%s %s %s (%s)", escape(session.username), verb, escape(request.username),
                  escape(request.reason))
+
+
+def _nothing() -> None:
+    pass
 
 
 def _public_message(error: AuthchatError) -> str:

@@ -160,6 +160,7 @@ class PlainTransport:
         _quiet(self.sock.shutdown, socket.SHUT_RD)
 
     def close(self) -> None:
+        self._on_output = None  # the writer's callback: it refers back to the session
         _quiet(self.sock.close)
 
 
