@@ -94,12 +94,16 @@ class TlsWire:
         self._incoming.write(raw)
         while True:
             try:
-                self._plain += self._tls.read(RAW_RECV_BYTES)
+                chunk = self._tls.read(RAW_RECV_BYTES)
             except ssl.SSLWantReadError:
                 break
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 self._eof = True
                 break
+            if not chunk:  # the peer's close_notify: read() says so with b"", not an error
+                self._eof = True
+                break
+            self._plain += chunk
         return True
 
     def _send_unsent(self) -> None:
