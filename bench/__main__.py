@@ -5,6 +5,9 @@ Scenarios (see docs/benchmarks.md for what each measures and the figures):
   latency      N clients, a fixed total offered rate; send-to-receive latency
   connections  idle logged-in clients held, memory per connection, room still works
   logins       login throughput at the default bcrypt cost vs the machine's bcrypt limit
+  soak         only when asked for, and once: authchat over TLS for 10 minutes, clients
+               coming and going; fails on any lost or reordered message, a thread or
+               descriptor leak, or memory growth after the warm-up (bench/soak.py)
 
 Every server (authchat plain and TLS, the toy baseline, ngIRCd and InspIRCd when
 installed) runs the identical workload, interleaved, `--runs` times; results go
@@ -16,6 +19,7 @@ or reordered message, and reports no timings.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -31,8 +35,9 @@ from typing import Any
 
 from authchat.config import AuthConfig
 
-from .loadgen import Plan, run_worker
+from .loadgen import Plan, join_workers, run_worker, start_workers, wait_ready
 from .servers import BENCH_PASSWORD, Authchat, Inspircd, Ngircd, ServerUnderTest, Toy
+from .soak import SoakSettings, run_soak
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORKERS = 2
@@ -46,30 +51,16 @@ def run_load(server: ServerUnderTest, clients: int, senders: int, messages: int,
              rate: float | None = None, idle: bool = False, deadline_s: float = 120.0,
              on_ready: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Drive `server` with worker processes; returns the merged measurements."""
-    context = multiprocessing.get_context("spawn")
     numbers = list(range(clients))
     sender_numbers = numbers[:senders]
-    pipes, procs = [], []
-    for w in range(WORKERS):
-        mine = numbers[w::WORKERS]
-        if not mine:
-            continue
-        plan = Plan(driver=server.driver, host="127.0.0.1", port=server.port, clients=mine,
-                    senders=sender_numbers, messages=messages, in_flight=IN_FLIGHT, rate=rate,
-                    payload_bytes=PAYLOAD, tls=server.tls, password=BENCH_PASSWORD,
-                    deadline_s=deadline_s, idle=idle, setup_threads=server.setup_threads)
-        parent, child = context.Pipe()
-        proc = context.Process(target=run_worker, args=(plan, child), daemon=True)
-        proc.start()
-        pipes.append(parent)
-        procs.append(proc)
+    plans = [Plan(driver=server.driver, host="127.0.0.1", port=server.port, clients=mine,
+                  senders=sender_numbers, messages=messages, in_flight=IN_FLIGHT, rate=rate,
+                  payload_bytes=PAYLOAD, tls=server.tls, password=BENCH_PASSWORD,
+                  deadline_s=deadline_s, idle=idle, setup_threads=server.setup_threads)
+             for mine in (numbers[w::WORKERS] for w in range(WORKERS)) if mine]
+    pipes, procs = start_workers(run_worker, plans)
     try:
-        for pipe in pipes:
-            if not pipe.poll(READY_TIMEOUT_S):
-                raise RuntimeError("a load worker never got ready")
-            ready = pipe.recv()
-            if "error" in ready:
-                raise RuntimeError(ready["error"])
+        wait_ready(pipes, READY_TIMEOUT_S)
         extra: dict[str, Any] = {}
         cpu_before, started = server.cpu_seconds(), time.monotonic()
         for pipe in pipes:
@@ -87,10 +78,7 @@ def run_load(server: ServerUnderTest, clients: int, senders: int, messages: int,
             results.append(pipe.recv())
         server_cpu = server.cpu_seconds() - cpu_before
     finally:
-        for proc in procs:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
+        join_workers(procs)
     merged: dict[str, Any] = {"server_cpu_s": round(server_cpu, 3), **server.memory_kib(),
                               **extra, "wall_s": round(time.monotonic() - started, 3)}
     merged["generator_cpu_s"] = round(sum(r["worker_cpu_s"] for r in results), 3)
@@ -110,7 +98,10 @@ def run_load(server: ServerUnderTest, clients: int, senders: int, messages: int,
 def _percentiles(values: list[int]) -> dict[str, float]:
     if not values:
         return {}
-    pick = lambda q: values[min(len(values) - 1, int(q * len(values)))] / 1e6  # noqa: E731
+
+    def pick(q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))] / 1e6
+
     return {"p50_ms": round(pick(0.50), 2), "p99_ms": round(pick(0.99), 2),
             "max_ms": round(values[-1] / 1e6, 2)}
 
@@ -172,6 +163,14 @@ def logins(factory: Callable[[], ServerUnderTest], n: int, smoke: bool) -> dict[
                           cost=4 if smoke else AuthConfig().bcrypt_cost)  # the default
 
 
+def soak(factory: Callable[[], ServerUnderTest], n: int, smoke: bool, *,
+         settings: SoakSettings) -> dict[str, Any]:
+    def body(server: ServerUnderTest) -> dict[str, Any]:
+        assert isinstance(server, Authchat)
+        return run_soak(server, settings)
+    return _with_server(factory, settings.clients, body)
+
+
 def _with_server(factory: Callable[[], ServerUnderTest], users: int,
                  body: Callable[[ServerUnderTest], dict[str, Any]]) -> dict[str, Any]:
     server = factory()
@@ -188,12 +187,28 @@ SCENARIOS: dict[str, tuple[Callable[..., dict[str, Any]], list[int], list[int]]]
     "latency": (latency, [1000], [50]),
     "connections": (connections, [5000], [200]),
     "logins": (logins, [0], [0]),
+    "soak": (soak, [SoakSettings.clients], [SoakSettings.clients]),  # sized by --soak-clients
 }
+ON_REQUEST = {"soak"}  # too long to be part of every run
 
 
-def servers_for(scenario: str, smoke: bool) -> list[tuple[str, Callable[[], ServerUnderTest]]]:
+def scenario_for(name: str, args: argparse.Namespace) -> tuple[Callable[..., dict[str, Any]],
+                                                                 list[int]]:
+    """The scenario's function, and the client counts to run it at."""
+    function, full, smoke_sizes = SCENARIOS[name]
+    if name == "soak":
+        settings = SoakSettings(clients=args.soak_clients, seconds=args.soak_seconds,
+                                rate=args.soak_rate, seed=args.soak_seed)
+        return functools.partial(soak, settings=settings), [settings.clients]
+    return function, smoke_sizes if args.smoke else full
+
+
+def servers_for(scenario: str, smoke: bool,
+                wanted: list[str] | None = None) -> list[tuple[str, Callable[[], ServerUnderTest]]]:
     found: list[tuple[str, Callable[[], ServerUnderTest]]] = [
         ("authchat", lambda: Authchat()), ("authchat-tls", lambda: Authchat(tls=True))]
+    if scenario == "soak":  # its checks need authchat's message ids; TLS unless asked
+        return [server for server in found if server[0] in (wanted or ["authchat-tls"])]
     if scenario == "logins":
         return found[:1]
     if scenario in ("latency", "connections"):
@@ -210,18 +225,28 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="short, correctness only")
     parser.add_argument("--runs", type=int, default=3, help="runs of everything (default 3)")
-    parser.add_argument("--scenarios", nargs="*", default=list(SCENARIOS),
-                        choices=list(SCENARIOS))
+    parser.add_argument("--scenarios", nargs="*",
+                        default=[s for s in SCENARIOS if s not in ON_REQUEST],
+                        choices=list(SCENARIOS), help="default: all but soak")
     parser.add_argument("--servers", nargs="*", help="only these servers")
     parser.add_argument("--sizes", nargs="*", type=int, help="only these client counts")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="directory for the JSON-lines file (default bench/results)")
+    defaults = SoakSettings()
+    group = parser.add_argument_group("soak")
+    group.add_argument("--soak-seconds", type=float, default=defaults.seconds,
+                       help=f"how long the clock runs (default {defaults.seconds:g})")
+    group.add_argument("--soak-clients", type=int, default=defaults.clients,
+                       help=f"clients, a fifth of them churning (default {defaults.clients})")
+    group.add_argument("--soak-rate", type=float, default=defaults.rate,
+                       help=f"messages a second, all senders together (default {defaults.rate:g})")
+    group.add_argument("--soak-seed", type=int, help="seed for the churn (default: random)")
     args = parser.parse_args(argv)
     # The servers inherit this: ngIRCd takes no more clients than its soft
     # limit on open files allows (1,024 by default), then lets connects time out.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    runs = 1 if args.smoke else args.runs
+    runs = 1 if args.smoke or set(args.scenarios) <= ON_REQUEST else args.runs
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}{'-smoke' if args.smoke else ''}.jsonl"
     rows: list[dict[str, Any]] = []
@@ -231,11 +256,13 @@ def main(argv: list[str] | None = None) -> int:
                             "python": sys.version.split()[0], "runs": runs}) + "\n")
         for run in range(runs):
             for scenario in args.scenarios:
-                function, full, smoke_sizes = SCENARIOS[scenario]
-                for n in (smoke_sizes if args.smoke else full):
+                if scenario in ON_REQUEST and run > 0:
+                    continue  # one long run: its checks pass or fail, there is no median
+                function, sizes = scenario_for(scenario, args)
+                for n in sizes:
                     if args.sizes and n not in args.sizes:
                         continue
-                    for name, factory in servers_for(scenario, args.smoke):
+                    for name, factory in servers_for(scenario, args.smoke, args.servers):
                         if args.servers and name not in args.servers:
                             continue
                         row = {"scenario": scenario, "n": n, "server": name, "run": run}
@@ -258,9 +285,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _summary(row: dict[str, Any]) -> str:
-    keys = ("deliveries_per_s", "p50_ms", "p99_ms", "lost", "reordered", "server_cpu_s",
-            "peak_rss_kib", "kib_per_connection", "logins_per_s", "bcrypt_limit_per_s",
-            "room_p99_ms", "error")
+    keys = ("deliveries_per_s", "p50_ms", "p99_ms", "delivered", "lost", "reordered",
+            "duplicates", "server_cpu_s", "peak_rss_kib", "kib_per_connection", "logins_per_s",
+            "bcrypt_limit_per_s", "room_p99_ms", "reconnects", "threads_baseline", "threads_end",
+            "fds_baseline", "fds_end", "rss_kib_warm", "rss_kib_end", "error")
     shown = " ".join(f"{k}={row[k]}" for k in keys if k in row)
     return f"{row['scenario']:<12} n={row['n']:<5} {row['server']:<13} run {row['run']}: {shown}"
 
@@ -271,7 +299,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         groups.setdefault((row["scenario"], row["n"]), {}).setdefault(row["server"], []).append(row)
     metric = {"fanout": "deliveries_per_s", "latency": "p99_ms",
-              "connections": "kib_per_connection", "logins": "logins_per_s"}
+              "connections": "kib_per_connection", "logins": "logins_per_s",
+              "soak": "delivered"}
     lines = []
     for (scenario, n), by_server in groups.items():
         key = metric[scenario]

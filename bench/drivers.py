@@ -48,8 +48,9 @@ class LineReader:
 class Driver:
     echoes_own = True  # does a sender receive its own messages?
 
-    def handshake(self, sock: socket.socket, number: int) -> None:
-        pass
+    def handshake(self, sock: socket.socket, number: int) -> bytes:
+        """Log client `number` in; returns what the server sent after the last line read."""
+        return b""
 
     def message(self, sender: int, seq: int, t_ns: int, size: int) -> bytes:
         return (_payload(sender, seq, t_ns, size) + "\n").encode()
@@ -66,13 +67,13 @@ class ToyDriver(Driver):
     proof that we are in.
     """
 
-    def handshake(self, sock: socket.socket, number: int) -> None:
+    def handshake(self, sock: socket.socket, number: int) -> bytes:
         reader = LineReader(sock)
         hello = f"hello from {account(number)}".encode()
         sock.sendall(hello + b"\n")
         for _ in range(HANDSHAKE_LINES_MAX):
             if reader.line() == hello:
-                return
+                return reader.buffer
         raise ConnectionError("never saw our own hello come back")
 
 
@@ -80,7 +81,7 @@ class AuthchatDriver(Driver):
     def __init__(self, password: str) -> None:
         self.password = password
 
-    def handshake(self, sock: socket.socket, number: int) -> None:
+    def handshake(self, sock: socket.socket, number: int) -> bytes:
         reader = LineReader(sock)
         json.loads(reader.line())  # hello
         login = {"type": "login", "username": account(number), "password": self.password}
@@ -88,7 +89,7 @@ class AuthchatDriver(Driver):
             sock.sendall(json.dumps(login).encode() + b"\n")
             frame = json.loads(reader.line())
             if frame["type"] == "welcome":
-                return
+                return reader.buffer  # room traffic may follow the welcome in one read
             if frame.get("code") != "rate_limited":  # the server's bcrypt queue is full
                 break
             time.sleep(float(frame.get("retry_after", 1.0)))  # as the server asked
@@ -106,13 +107,14 @@ class IrcDriver(Driver):
 
     echoes_own = False
 
-    def handshake(self, sock: socket.socket, number: int) -> None:
+    def handshake(self, sock: socket.socket, number: int) -> bytes:
         reader = LineReader(sock)
         nick = account(number)
         sock.sendall(f"NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\n".encode())
         self._until(sock, reader, b"001")
         sock.sendall(f"JOIN {CHANNEL}\r\n".encode())
         self._until(sock, reader, b"366")  # end of the channel's name list
+        return reader.buffer
 
     def _until(self, sock: socket.socket, reader: LineReader, code: bytes) -> None:
         """Read until the server's reply `code` (a numeric such as b"001")."""

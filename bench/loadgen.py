@@ -14,20 +14,25 @@ the clock stops. The few clients whose deliveries pace the senders (each
 sender's witness) and, in paced runs, every client parse as they go.
 
 Every loop here is bounded: by message counts, and by the plan's deadline.
+The parent's side of a worker process is here too: start_workers,
+wait_ready and join_workers, which the soak (soakload.py) shares.
 """
 
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import re
 import resource
 import selectors
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from .drivers import MARKER_END as MARKER_END_TEXT
@@ -64,12 +69,12 @@ class Plan:
 class Client:
     """One non-blocking client connection in the measured phase."""
 
-    def __init__(self, number: int, sock: Any, driver: Driver) -> None:
+    def __init__(self, number: int, sock: Any, driver: Driver, inbuf: bytes = b"") -> None:
         self.number = number
         self.sock = sock
         self.tls = isinstance(sock, TlsWire)
         self.driver = driver
-        self.inbuf = b""
+        self.inbuf = inbuf  # received, not yet looked at: the rest of the handshake's read
         self.outbuf = bytearray()
         self.received = 0
         self.next_seq: dict[int, int] = {}
@@ -87,26 +92,74 @@ def _client_context() -> ssl.SSLContext:
     return context
 
 
-def _connect(plan: Plan, number: int, driver: Driver) -> Any:
-    """A connected, logged-in client: a socket, or a TlsWire that behaves like one."""
+def connect(plan: Plan, number: int, driver: Driver) -> Client:
+    """A connected, logged-in client, on a socket or a TlsWire that behaves like one."""
     sock = socket.create_connection((plan.host, plan.port), timeout=30)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    wire: Any = sock
-    if plan.tls:
-        wire = TlsWire(sock, _client_context(), plan.host)
-    driver.handshake(wire, number)
-    return wire
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        wire: Any = sock
+        if plan.tls:
+            wire = TlsWire(sock, _client_context(), plan.host)
+        rest = driver.handshake(wire, number)
+    except BaseException:
+        sock.close()  # a failed login must not leave its socket to the garbage collector
+        raise
+    return Client(number, wire, driver, rest)
+
+
+def connect_all(plan: Plan, numbers: list[int], driver: Driver) -> list[Client]:
+    """Clients `numbers`, `plan.setup_threads` of them connecting at once."""
+    with ThreadPoolExecutor(plan.setup_threads) as pool:
+        return list(pool.map(lambda n: connect(plan, n, driver), numbers))
+
+
+def raise_open_files_limit() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def start_workers(body: Callable[[Any, Connection], None],
+                  plans: list[Any]) -> tuple[list[Connection], list[BaseProcess]]:
+    """A spawned process per plan, running `body(plan, pipe)`; returns the parent's
+    ends of the pipes, and the processes."""
+    context = multiprocessing.get_context("spawn")
+    pipes: list[Connection] = []
+    procs: list[BaseProcess] = []
+    for plan in plans:
+        parent, child = context.Pipe()
+        proc = context.Process(target=body, args=(plan, child), daemon=True)
+        proc.start()
+        pipes.append(parent)
+        procs.append(proc)
+    return pipes, procs
+
+
+def wait_ready(pipes: list[Connection], timeout_s: float) -> list[dict[str, Any]]:
+    """Each worker's ready report. Raises RuntimeError if one failed or never answered."""
+    reports = []
+    for pipe in pipes:
+        if not pipe.poll(timeout_s):
+            raise RuntimeError("a load worker never got ready")
+        report = pipe.recv()
+        if "error" in report:
+            raise RuntimeError(report["error"])
+        reports.append(report)
+    return reports
+
+
+def join_workers(procs: list[BaseProcess]) -> None:
+    for proc in procs:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
 
 
 def run_worker(plan: Plan, pipe: Connection) -> None:
     """The body of one worker process: set up, report, run on "go", report results."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files_limit()
     driver = make_driver(plan)
     try:
-        with ThreadPoolExecutor(plan.setup_threads) as pool:
-            wires = list(pool.map(lambda n: _connect(plan, n, driver), plan.clients))
-        clients = [Client(n, wire, driver) for n, wire in zip(plan.clients, wires)]
+        clients = connect_all(plan, plan.clients, driver)
     except Exception as e:  # report, so the parent does not wait for nothing
         pipe.send({"error": f"setup failed: {e!r}"})
         return
@@ -163,17 +216,17 @@ def _measure(plan: Plan, clients: list[Client]) -> dict[str, Any]:
                 sender.outbuf += driver.message(n, sent[n], time.monotonic_ns(),
                                                 plan.payload_bytes)
                 sent[n] += 1
-            _flush(sender)
+            flush(sender)
         for key, _ in selector.select(timeout=0.001 if interval_ns else 0.01):
             client = key.data
             got = _read(client, latencies, 1 if interval_ns else FAN_OUT_LATENCY_SAMPLE)
             pending -= got
-            _flush(client)  # keep-alive replies
+            flush(client)  # keep-alive replies
             for n, w in witness.items():
                 if w is client:
                     acked[n] = client.next_seq.get(n, 0)
         for sender in mine:
-            _flush(sender)
+            flush(sender)
     elapsed = (time.monotonic_ns() - start) / 1e9
     cpu_s = time.process_time() - cpu_before
     for client in clients:  # the clock has stopped: check what was only counted
@@ -194,7 +247,8 @@ def _measure(plan: Plan, clients: list[Client]) -> dict[str, Any]:
     }
 
 
-def _flush(client: Client) -> None:
+def flush(client: Client) -> None:
+    """Send what `client` has queued, as far as its socket takes it now."""
     if not client.outbuf and not (client.tls and client.sock.has_unsent()):
         return
     try:

@@ -20,6 +20,9 @@ COLUMNS = {  # scenario: (the figure compared, the other figures shown)
     "connections": ("kib_per_connection", ["held", "rss_kib_held", "room_received"]),
     "logins": ("logins_per_s", ["bcrypt_limit_per_s", "fraction_of_limit", "room_p50_ms",
                                 "room_p99_ms", "server_cpu_s"]),
+    "soak": ("delivered", ["messages_sent", "lost", "reordered", "duplicates", "reconnects",
+                           "threads_baseline", "threads_end", "fds_baseline", "fds_end",
+                           "rss_kib_warm", "rss_kib_end", "p99_ms"]),
 }
 
 

@@ -84,13 +84,26 @@ class ServerUnderTest:
 
     def memory_kib(self) -> dict[str, int]:
         """Current and peak resident memory, in KiB."""
+        found = self._status("VmRSS", "VmHWM")
+        return {"rss_kib": found.get("VmRSS", 0), "peak_rss_kib": found.get("VmHWM", 0)}
+
+    def thread_count(self) -> int:
+        return self._status("Threads").get("Threads", 0)
+
+    def fd_count(self) -> int:
+        """Open file descriptors: sockets, the database and its journal files, pipes."""
+        assert self.proc is not None
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def _status(self, *keys: str) -> dict[str, int]:
+        """The numeric fields `keys` of /proc/PID/status (memory ones are in KiB)."""
         assert self.proc is not None
         found = {}
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
+            if key in keys:
                 found[key] = int(value.split()[0])
-        return {"rss_kib": found.get("VmRSS", 0), "peak_rss_kib": found.get("VmHWM", 0)}
+        return found
 
 
 class Authchat(ServerUnderTest):
