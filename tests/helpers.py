@@ -32,6 +32,10 @@ from conftest import GOOD_PASSWORD, TEST_COST, cli_env
 
 READ_TIMEOUT_S = 10.0
 PRESENCE = ("join", "leave")
+# The error codes docs/protocol.md documents, read from its table.
+DOCUMENTED_CODES = frozenset(re.findall(
+    r"^\| `([a-z_]+)` \|", (Path(__file__).parents[1] / "docs" / "protocol.md").read_text(),
+    re.MULTILINE))
 
 
 def server_config(home: Path, **settings: Any) -> Config:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -28,10 +27,8 @@ from authchat.protocol import (
     Violation,
 )
 
-# The codes docs/protocol.md documents: a violation with any other code is a bug.
-DOCUMENTED_CODES = frozenset(re.findall(
-    r"^\| `([a-z_]+)` \|", (Path(__file__).parents[1] / "docs" / "protocol.md").read_text(),
-    re.MULTILINE))
+from helpers import DOCUMENTED_CODES  # a violation with any other code is a bug
+
 REQUEST_TYPES = {cls.__name__.lower(): cls for cls in Request.__subclasses__()}
 SMALL_LIMIT = 256  # a low frame limit, so that examples reach it often
 

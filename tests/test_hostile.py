@@ -25,6 +25,7 @@ import pytest
 
 from conftest import GOOD_PASSWORD, cli_env
 from helpers import (
+    DOCUMENTED_CODES,
     Client,
     ServerProcess,
     add_users,
@@ -34,9 +35,6 @@ from helpers import (
 )
 
 OTHER_PASSWORD = "an entirely different phrase"
-DOCUMENTED_CODES = frozenset(re.findall(
-    r"^\| `([a-z_]+)` \|", (Path(__file__).parents[1] / "docs" / "protocol.md").read_text(),
-    re.MULTILINE))
 # What must never reach a client: a traceback, an SQL error, a path on the server.
 LEAKS = re.compile(r"Traceback|sqlite|File \"|\.py\b|(?<![\w.])/(?:usr|home|tmp|var|etc)/")
 
