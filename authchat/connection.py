@@ -279,9 +279,10 @@ class Connection:
 
     def _authenticate(self, request: Login | Register) -> User | None:
         """Log in or register; on failure the client has its error and None comes back."""
-        refusal = self._attempt(request)
-        if isinstance(refusal, User):
-            return refusal
+        outcome = self._attempt(request)
+        if isinstance(outcome, User):
+            return outcome
+        refusal = outcome
         self._send_now(protocol.error(refusal.code, refusal.message, request.id,
                                       refusal.retry_after))
         log.info("%s failed from %s: %s (user %s)", type(request).__name__.lower(), self.ip,

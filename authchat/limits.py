@@ -180,6 +180,7 @@ class LoginThrottle:
         ip_record = self._ips.get(ip)
         if ip_record is not None:
             ip_record.in_flight = max(0, ip_record.in_flight - 1)
+            _forget_old_failures(ip_record, now)
             if not (ip_record.in_flight or ip_record.failures
                     or _penalty_remembered(ip_record, now)):
                 self._ips.pop(ip)
@@ -198,8 +199,7 @@ class LoginThrottle:
         if not _penalty_remembered(record, now):
             record.penalties = 0  # a long spell of good behaviour is forgiven
         record.failures.append(now)
-        while record.failures and record.failures[0] <= now - WINDOW_S:
-            record.failures.popleft()
+        _forget_old_failures(record, now)
         if len(record.failures) >= self.per_ip_per_minute:
             record.blocked_until = now + min(IP_PENALTY_CAP_S, 2.0 ** record.penalties)
             record.penalties += 1
@@ -219,6 +219,11 @@ class LoginThrottle:
             record.consecutive = 0
         else:
             self._accounts.pop(account.lower())
+
+
+def _forget_old_failures(record: _IpRecord, now: float) -> None:
+    while record.failures and record.failures[0] <= now - WINDOW_S:
+        record.failures.popleft()
 
 
 def _penalty_remembered(record: _IpRecord, now: float) -> bool:

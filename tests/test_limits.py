@@ -150,7 +150,11 @@ def test_logins_that_succeed_leave_nothing_behind() -> None:
     throttle.begin("10.0.0.1", "alice", 0.0)
     throttle.failure("10.0.0.1", "alice", 0.0)
     throttle.end("10.0.0.1", "alice", 0.0)
-    assert throttle.tracked() == (1, 1)  # a failure is remembered
+    assert throttle.tracked() == (1, 1)  # a failure is remembered...
+    throttle.success("alice")
+    throttle.begin("10.0.0.1", "bob", 61.0)
+    throttle.end("10.0.0.1", "bob", 61.0)
+    assert throttle.tracked() == (0, 0)  # ...for its minute
 
 
 def test_an_address_penalty_is_forgiven_after_a_quiet_hour() -> None:
