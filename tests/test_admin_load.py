@@ -8,6 +8,7 @@ import selectors
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,17 +134,30 @@ def admin_loop(run_cli: Runner, address: tuple[str, int], loop: int, until: floa
 def test_admin_commands_while_a_hundred_clients_chat(home: Path, run_cli: Runner) -> None:
     names = [f"chat{i:03d}" for i in range(CHATTERS)]
     add_users(home, *names, "probe")
+    # The probe asks 50 times a second: more than a session's default rate.
     server = ServerProcess(home, "--no-tls", AUTHCHAT_LIMITS_MAX_CLIENTS="300",
-                           AUTHCHAT_LIMITS_MAX_CONNECTIONS_PER_IP="300")
+                           AUTHCHAT_LIMITS_MAX_CONNECTIONS_PER_IP="300",
+                           AUTHCHAT_LIMITS_MESSAGES_PER_SECOND="100",
+                           AUTHCHAT_LIMITS_MESSAGE_BURST="100")
     try:
         room = Room(server.address, names)
         probe = Probe(server.address)
         quiet = threading.Event()
         until = time.monotonic() + DURATION_S
-        report: dict[str, list[Any]] = {"runs": [], "failures": [], "revocations": []}
-        workers = [threading.Thread(target=probe.run, args=(until, quiet))] + [
-            threading.Thread(target=admin_loop, args=(run_cli, server.address, loop, until,
-                                                      report))
+        report: dict[str, list[Any]] = {"runs": [], "failures": [], "revocations": [],
+                                        "crashed": []}
+
+        def reporting(work: Callable[..., None], *args: Any) -> threading.Thread:
+            """A worker thread whose exception fails the test instead of vanishing."""
+            def run() -> None:
+                try:
+                    work(*args)
+                except BaseException as e:
+                    report["crashed"].append(repr(e))
+            return threading.Thread(target=run)
+
+        workers = [reporting(probe.run, until, quiet)] + [
+            reporting(admin_loop, run_cli, server.address, loop, until, report)
             for loop in range(ADMIN_LOOPS)]
         for worker in workers:
             worker.start()
@@ -155,7 +169,9 @@ def test_admin_commands_while_a_hundred_clients_chat(home: Path, run_cli: Runner
     finally:
         server.kill()
 
-    assert report["failures"] == []
+    assert report["crashed"] == [] and report["failures"] == []
+    # the probe asked all along (one round trip per 20 ms pause, and then some)
+    assert len(probe.round_trips) > DURATION_S / PROBE_INTERVAL_S / 2, len(probe.round_trips)
     assert len(report["runs"]) >= 2 * 6, "too few admin commands ran to judge"
     assert max(report["revocations"]) < REVOCATION_LIMIT_S
     assert room.closed == [], "a chatter lost its session"
