@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 
-# C0/C1 controls, DEL, line/paragraph separators, bidi marks, embeddings,
-# overrides and isolates (the "Trojan Source" set), and lone surrogates.
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
-                     r"\u2066-\u2069\ud800-\udfff]")
-_UNSAFE_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
-                                 r"\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+# C0 controls but newline; then C1 controls, DEL, line/paragraph separators,
+# bidi marks, embeddings, overrides and isolates (the "Trojan Source" set), and
+# lone surrogates.
+_UNSAFE_BUT_NEWLINE_CHARS = (r"\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                             r"\u202a-\u202e\u2066-\u2069\ud800-\udfff")
+_UNSAFE = re.compile(rf"[\n{_UNSAFE_BUT_NEWLINE_CHARS}]")
+_UNSAFE_BUT_NEWLINE = re.compile(rf"[{_UNSAFE_BUT_NEWLINE_CHARS}]")
 
 
 def escape(text: str) -> str:
