@@ -51,11 +51,6 @@ def serve(home: Path, **limits: object) -> ServerProcess:
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Path:
-    return tmp_path / "home"
-
-
-@pytest.fixture
 def started() -> Iterator[list[ServerProcess]]:
     servers: list[ServerProcess] = []
     yield servers
