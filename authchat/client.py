@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import protocol
+from . import commands, protocol
 from .errors import AuthchatError, ErrorCode
 from .protocol import FrameDecoder, ProtocolError
 from .sanitize import escape
@@ -333,7 +333,7 @@ class Chat:
     def __init__(self, options: ClientOptions, username: str, password: str,
                  on_event: Callable[[Event], None], *, confirm: Confirm | None = None,
                  reconnect: bool = True, register_first: bool = False,
-                 invite: str | None = None) -> None:
+                 login_if_taken: bool = True, invite: str | None = None) -> None:
         self.options = options
         self.username = username
         self._password = password
@@ -341,6 +341,7 @@ class Chat:
         self.confirm = confirm
         self.reconnect = reconnect
         self.register_first = register_first
+        self.login_if_taken = login_if_taken  # registering a name that exists: log in instead?
         self.invite = invite
         self.welcome: dict[str, Any] = {}
         self.ended = threading.Event()
@@ -378,7 +379,7 @@ class Chat:
                 try:
                     return link, register(link, self.username, self._password, self.invite)
                 except ServerError as e:
-                    if e.code_text != ErrorCode.USERNAME_TAKEN:
+                    if e.code_text != ErrorCode.USERNAME_TAKEN or not self.login_if_taken:
                         raise
             welcome = login(link, self.username, self._password)
             self.username = welcome.get("username", self.username)
@@ -407,6 +408,17 @@ class Chat:
         finally:
             with self._pending_lock:
                 self._pending.pop(request_id, None)
+
+    def change_password(self, old: str, new: str) -> dict[str, Any]:
+        """Change this account's password; returns the server's reply.
+
+        After an `ok`, the new password is the one used to log in again
+        after a drop (the old one would be refused).
+        """
+        reply = self.request(commands.change_password(old, new))
+        if reply.get("type") == "ok":
+            self._password = new
+        return reply
 
     def send(self, frame: dict[str, Any]) -> None:
         link = self._link

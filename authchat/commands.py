@@ -1,8 +1,9 @@
 """What a typed line means: a message to the room, or a slash command.
 
-Shared by the interactive screen and scripting mode, so `/dm bob hi` does the
-same in both. A line starting with `//` sends the rest, one slash removed, as
-a message, as in irssi.
+Shared by the interactive screen, scripting mode and the desktop client, so
+`/dm bob hi` does the same in all three. A line starting with `//` sends the
+rest, one slash removed, as a message, as in irssi. The request builders
+below are the only place a front end learns how a request frame looks.
 """
 
 from __future__ import annotations
@@ -46,30 +47,61 @@ class Mistake:
 Command = Send | Local | Mistake | None
 
 
-def parse(line: str) -> Command:
-    """What to do with one typed line (None: nothing, it was blank)."""
+def say(text: str) -> dict[str, Any]:
+    return {"type": "say", "text": text}
+
+
+def direct(to: str, text: str) -> dict[str, Any]:
+    return {"type": "dm", "to": to, "text": text}
+
+
+def moderate(action: str, username: str, reason: str = "") -> dict[str, Any]:
+    """An admin's `kick` or `ban` of `username`."""
+    if action not in ("kick", "ban"):
+        raise ValueError(f"not a moderation action: {action!r}")
+    return {"type": action, "username": username, "reason": reason}
+
+
+def change_password(old: str, new: str) -> dict[str, Any]:
+    return {"type": "passwd", "old": old, "new": new}
+
+
+def who() -> dict[str, Any]:
+    return {"type": "who"}
+
+
+def parse(line: str, talking_to: str | None = None) -> Command:
+    """What to do with one typed line (None: nothing, it was blank).
+
+    `talking_to` is the user whose private conversation the line was typed
+    in, if any: plain text then goes to them rather than to the room.
+    """
     text = line.rstrip("\r\n")
     if not text.strip():
         return None
     if text.startswith("//"):
-        return Send({"type": "say", "text": text[1:]})
-    if not text.startswith("/"):
-        return Send({"type": "say", "text": text})
+        text = text[1:]
+    elif text.startswith("/"):
+        return _slash_command(text)
+    return Send(direct(talking_to, text) if talking_to else say(text))
+
+
+def _slash_command(text: str) -> Command:
     name, _, rest = text[1:].partition(" ")
     name, rest = name.lower(), rest.strip()
     if name in ("help", "quit", "passwd"):
         return Local(name)
     if name == "who":
-        return Send({"type": "who"})
+        return Send(who())
     if name in ("dm", "msg"):
         user, _, message = rest.partition(" ")
         if not user or not message.strip():
             return Mistake(f"usage: /{name} USER TEXT")
-        return Send({"type": "dm", "to": user, "text": message})
+        return Send(direct(user, message))
     if name in ("kick", "ban"):
         user, _, reason = rest.partition(" ")
         if not user:
             return Mistake(f"usage: /{name} USER [REASON]")
-        return Send({"type": name, "username": user, "reason": reason.strip()})
+        return Send(moderate(name, user, reason.strip()))
     return Mistake(f"unknown command /{name}; /help lists the commands "
                    "(start a message with // to send a leading /)")

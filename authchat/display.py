@@ -1,8 +1,9 @@
-"""How chat events look as lines of text: shared by the terminal front ends.
+"""How chat events look as lines of text: shared by every front end.
 
 `render(event, me)` turns a server frame or a client Notice into styled
-fragments, `(style class, text)` pairs as prompt_toolkit prints them;
-`plain(fragments)` is the same line without styles, for scripts. Everything
+fragments, `(style class, text)` pairs as prompt_toolkit prints them (the
+desktop client maps each class to a text tag); `plain(fragments)` is the same
+line without styles, for scripts. Everything
 that came from another user goes through `sanitize`, so no message can move
 the cursor, retitle the terminal or reverse the text around it.
 """
@@ -27,6 +28,11 @@ STYLE = {
     "error": "ansired bold",
     "history": "#888888",
 }
+
+
+# What a connection Notice means for a status line.
+CONNECTION_STATE = {"lost": "connection lost", "reconnecting": "reconnecting…",
+                    "back": "connected", "ended": "disconnected"}
 
 
 def local_time(ts: object) -> str:

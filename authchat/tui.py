@@ -11,6 +11,7 @@ UI only: connecting, reconnecting and the protocol are client.py's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prompt_toolkit import PromptSession, print_formatted_text
@@ -21,7 +22,7 @@ from prompt_toolkit.styles import Style
 
 from .client import Chat, ClientError, Event, Notice
 from .commands import HELP, Local, Mistake, Send, parse
-from .display import STYLE, render
+from .display import CONNECTION_STATE, STYLE, render
 
 style = Style.from_dict(STYLE | {"bottom-toolbar": "noreverse #aaaaaa bg:#222222"})
 
@@ -37,9 +38,7 @@ class Screen:
     def show(self, event: Event) -> None:
         """Print one event above the prompt; safe from any thread."""
         if isinstance(event, Notice):
-            self.status = {"lost": "connection lost", "reconnecting": "reconnecting…",
-                           "back": "connected", "ended": "disconnected"}.get(event.kind,
-                                                                            self.status)
+            self.status = CONNECTION_STATE.get(event.kind, self.status)
         fragments = render(event, self.chat.username)
         if fragments:
             print_formatted_text(FormattedText(fragments), style=style)
@@ -93,8 +92,11 @@ class Screen:
 
     def _request(self, frame: dict[str, Any]) -> bool:
         """Send; show the answer unless it is a plain ok. True if the server agreed."""
+        return self._answer(lambda: self.chat.request(frame))
+
+    def _answer(self, ask: Callable[[], dict[str, Any]]) -> bool:
         try:
-            reply = self.chat.request(frame)
+            reply = ask()
         except ClientError as e:
             self.note(f"!!! {e}", "class:error")
             return False
@@ -114,7 +116,7 @@ class Screen:
             return
         if new != again:
             self.note("the new passwords do not match; password not changed", "class:error")
-        elif self._request({"type": "passwd", "old": old, "new": new}):
+        elif self._answer(lambda: self.chat.change_password(old, new)):
             self.note("password changed")
 
 

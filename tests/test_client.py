@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
 import threading
@@ -309,3 +310,26 @@ def test_a_drop_ends_a_script_with_status_3(run_cli: Any, home: Path,
         assert "connection lost" in err
     finally:
         server.kill()
+
+
+def test_a_reconnect_after_a_password_change_uses_the_new_password(tmp_path: Path) -> None:
+    home = tmp_path / "server"
+    server = start_server(home)
+    add_user(server, "alice")
+    port = server.address[1]
+    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    options = ClientOptions(port=port, tls=False, known_servers=tmp_path / "known")
+    chat = Chat(options, "alice", GOOD_PASSWORD, events.put)
+    try:
+        chat.start()
+        new = "a different and longer passphrase"
+        assert chat.change_password("not the old one", new)["code"] == "bad_credentials"
+        assert chat.change_password(GOOD_PASSWORD, new)["type"] == "ok"
+        server.shutdown()
+        server = start_server(home, server__port=port)
+        while not (isinstance(event := events.get(timeout=20), Notice) and event.kind == "back"):
+            assert not (isinstance(event, Notice) and event.kind == "ended"), event
+        assert chat.request({"type": "who"})["type"] == "who"
+    finally:
+        chat.close()
+        server.shutdown()

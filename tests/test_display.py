@@ -66,6 +66,14 @@ def test_parse_typed_lines() -> None:
     assert isinstance(unknown, Mistake) and "/help" in unknown.hint
 
 
+def test_lines_typed_in_a_private_conversation_go_to_that_person() -> None:
+    assert parse("hi", talking_to="bob") == Send({"type": "dm", "to": "bob", "text": "hi"})
+    assert parse("//etc", talking_to="bob") == Send({"type": "dm", "to": "bob", "text": "/etc"})
+    assert parse("/who", talking_to="bob") == Send({"type": "who"})
+    assert parse("/dm carol x", talking_to="bob") == Send(
+        {"type": "dm", "to": "carol", "text": "x"})
+
+
 def test_json_output_escapes_what_a_terminal_would_act_on() -> None:
     frame = {"type": "message", "text": "a\u202eb\u2028c\x9b31m\x7f\ud800\n\t\u200f"}
     raw = json.dumps(frame, ensure_ascii=False)
