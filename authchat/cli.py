@@ -251,6 +251,23 @@ def connect_command(settings: Settings, /, username: str, password_stdin: bool,
         raise SystemExit(status)
 
 
+@cli.command("gui")
+@click.argument("username", required=False, default="")
+@connection_options
+@pass_settings
+def gui_command(settings: Settings, /, username: str, **connection: Any) -> None:
+    """Chat in a desktop window (the password is asked for there)."""
+    options = _client_options(settings, **connection)
+    try:
+        from . import gui  # tkinter is only needed for the window
+    except ImportError as e:
+        raise CliError(f"the desktop client needs tkinter, which this Python lacks ({e}); "
+                       "the terminal client is `authchat connect`") from None
+    status = gui.run(options, username)
+    if status:
+        raise SystemExit(status)
+
+
 # -- users -----------------------------------------------------------------
 
 @cli.group()

@@ -1,0 +1,356 @@
+"""The chat window: conversations in tabs, who is online, the input box, the status bar.
+
+The room is the first tab; a private conversation gets a tab of its own when
+someone writes to us or we double-click their name. A tab that is not in
+front counts its unread messages in its title. Enter sends, Shift-Enter starts
+a new line, and slash commands work as in the terminal client. A line the
+server refuses is put back in the input box, so nothing typed is lost.
+"""
+
+from __future__ import annotations
+
+import tkinter as tk
+from collections.abc import Callable
+from functools import partial
+from tkinter import ttk
+from typing import Any
+
+from ..client import Chat, Event, Notice, describe_error
+from ..commands import HELP, Local, Mistake, Send, moderate, parse, who
+from ..display import CONNECTION_STATE, render
+from ..roster import Roster, dm_peer
+from ..sanitize import escape
+from .widgets import TONES, Conversation, Dialog, Worker, alert
+
+WHO_DELAY_MS = 500  # the roles of people who joined are asked for in one `who`
+Reply = dict[str, Any]
+
+
+class ChatView(ttk.Frame):
+    """Everything shown while logged in, for one Chat."""
+
+    def __init__(self, parent: tk.Misc, chat: Chat, worker: Worker, *,
+                 log_out: Callable[[], None], quit: Callable[[], None]) -> None:
+        super().__init__(parent)
+        self.chat, self.worker = chat, worker
+        self._log_out, self._quit = log_out, quit
+        self.me = chat.username
+        self.role = str(chat.welcome.get("role", "user"))
+        self.roster = Roster()
+        self.listed: list[str] = []  # the names in the user list, in its order
+        self._who_asked = False
+        self._roles_timer: str | None = None
+        self.conversations: dict[str, Conversation] = {}
+        self._build()
+        self.open_conversation(None)
+        self.entry.focus_set()
+
+    def destroy(self) -> None:
+        if self._roles_timer is not None:
+            self.after_cancel(self._roles_timer)
+        super().destroy()
+
+    # -- layout ----------------------------------------------------------------
+
+    def _build(self) -> None:
+        panes = ttk.Panedwindow(self, orient="horizontal")
+        self.tabs = ttk.Notebook(panes)
+        self.tabs.bind("<<NotebookTabChanged>>", self._tab_changed)
+        side = ttk.Frame(panes, padding=(8, 0, 0, 0))
+        self.online = ttk.Label(side, text="Online")
+        self.online.pack(anchor="w", pady=(2, 4))
+        self.users = tk.Listbox(side, activestyle="none", exportselection=False, width=22,
+                                relief="flat", highlightthickness=0)
+        self.users.pack(fill="both", expand=True)
+        self.users.bind("<Double-Button-1>", self._double_click)
+        self.users.bind("<Button-3>", self._context_menu)
+        self.user_menu = tk.Menu(self.users, tearoff=False)
+        panes.add(self.tabs, weight=4)
+        panes.add(side, weight=1)
+        panes.pack(fill="both", expand=True, padx=8, pady=(8, 4))
+        self._build_input()
+        self._build_status()
+
+    def _build_input(self) -> None:
+        row = ttk.Frame(self)
+        row.pack(fill="x", padx=8, pady=4)
+        self.entry = tk.Text(row, height=3, wrap="word", undo=True, font="TkFixedFont",
+                             relief="solid", borderwidth=1, padx=6, pady=4)
+        self.entry.pack(side="left", fill="x", expand=True)
+        self.entry.bind("<Return>", self._enter)
+        self.entry.bind("<KP_Enter>", self._enter)
+        self.entry.bind("<Shift-Return>", self._newline)
+        self.send_button = ttk.Button(row, text="Send", command=self.send_typed)
+        self.send_button.pack(side="left", padx=(8, 0), anchor="n")
+
+    def _build_status(self) -> None:
+        bar = ttk.Frame(self, relief="sunken", padding=(8, 2))
+        bar.pack(fill="x", side="bottom")
+        self.status = ttk.Label(bar, text="connected")
+        self.status.pack(side="left", padx=(0, 24))
+        options = self.chat.options
+        self.fingerprint = self.chat.fingerprint or "?"
+        if options.tls:
+            security, tone = f"TLS, SHA-256 {self.fingerprint[:23]}…", "info"
+        else:
+            security, tone = "NOT ENCRYPTED", "error"
+        where = f"{escape(self.me)} @ {escape(options.host)}:{options.port}"
+        self.security = ttk.Label(bar, text=f"{where}   {security}", foreground=TONES[tone],
+                                  cursor="hand2")
+        self.security.pack(side="right")
+        self.security.bind("<Button-1>", lambda _: self.show_security())
+
+    def show_security(self) -> Dialog:
+        """The whole fingerprint, copyable, to check against the operator's."""
+        options = self.chat.options
+        where = f"{escape(options.host)}:{options.port}"
+        if not options.tls:
+            return alert(self, "Connection security", f"The connection to {where} is not "
+                         "encrypted: anyone on the network path can read and change it.")
+        return Dialog(self, "Connection security", f"The connection to {where} is encrypted "
+                      "with TLS. The server's certificate has this SHA-256 fingerprint:",
+                      ["OK"], detail=self.fingerprint)
+
+    # -- conversations ---------------------------------------------------------
+
+    def open_conversation(self, peer: str | None) -> Conversation:
+        """The conversation with `peer` (None: the room), made if need be."""
+        key = peer.casefold() if peer else ""
+        conversation = self.conversations.get(key)
+        if conversation is None:
+            conversation = Conversation(self.tabs, peer)
+            self.conversations[key] = conversation
+            self.tabs.add(conversation, text=conversation.title)
+        return conversation
+
+    def start_dm(self, peer: str) -> None:
+        self.tabs.select(self.open_conversation(peer))  # type: ignore[no-untyped-call]
+        self.entry.focus_set()
+
+    def current(self) -> Conversation:
+        selected = str(self.tabs.select())  # type: ignore[no-untyped-call]
+        return next((c for c in self.conversations.values() if str(c) == selected),
+                    self.conversations[""])
+
+    def close_current(self) -> None:
+        conversation = self.current()
+        if conversation.peer is not None:
+            del self.conversations[conversation.peer.casefold()]
+            self.tabs.forget(conversation)
+            conversation.destroy()
+
+    def _arrived(self, conversation: Conversation, fragments: list[tuple[str, str]]) -> None:
+        conversation.add(fragments)
+        if conversation is not self.current():
+            conversation.unread += 1
+            self._title(conversation, f"{conversation.title} ({conversation.unread})")
+
+    def _tab_changed(self, _: object) -> None:
+        conversation = self.current()
+        conversation.unread = 0
+        self._title(conversation, conversation.title)
+
+    def _title(self, conversation: Conversation, text: str) -> None:
+        self.tabs.tab(conversation, text=text)  # type: ignore[no-untyped-call]
+
+    # -- what the server says --------------------------------------------------
+
+    def show(self, event: Event) -> None:
+        """Show one server frame or connection notice."""
+        if isinstance(event, Notice):
+            self._notice(event)
+            return
+        if self.roster.apply(event):
+            self._list_users()
+        kind = event.get("type")
+        if kind == "welcome":
+            self._welcomed(event)
+        elif kind == "join" and not self.roster.roles_known():
+            self._ask_roles_soon()
+        fragments = render(event, self.me)
+        room = self.conversations[""]
+        if kind == "dm":
+            self._arrived(self.open_conversation(dm_peer(event, self.me)), fragments)
+        elif kind == "message":
+            self._arrived(room, fragments)
+        else:
+            room.add(fragments)
+            peer = self.conversations.get(str(event.get("username", "")).casefold())
+            if peer is not None and kind in ("join", "leave"):
+                peer.add(fragments)
+            elif kind == "error" and self.current() is not room:
+                self.current().add(fragments)
+
+    def _welcomed(self, welcome: Reply) -> None:
+        self.me = str(welcome.get("username", self.me))
+        self.role = str(welcome.get("role", self.role))
+        self.status.configure(text="connected", foreground=TONES["info"])
+        self.entry.configure(state="normal")
+        self._ask_roles()
+
+    def _notice(self, notice: Notice) -> None:
+        state = notice.text if notice.kind == "reconnecting" else \
+            CONNECTION_STATE.get(notice.kind, notice.text)
+        if notice.kind == "ended":
+            state = f"disconnected: {notice.text}"
+            self.entry.configure(state="disabled")
+            self.send_button.state(["disabled"])
+            Dialog(self, "Disconnected", escape(notice.text), ["Log in again", "Close"],
+                   self._after_end, tone="error")
+        tone = "info" if notice.kind == "back" else "error"
+        self.status.configure(text=escape(state), foreground=TONES[tone])
+        self.conversations[""].add(render(notice, self.me))
+
+    def _after_end(self, button: str | None, _: list[str]) -> None:
+        if button == "Log in again":
+            self._log_out()
+
+    # -- the user list ---------------------------------------------------------
+
+    def _list_users(self) -> None:
+        self.listed = self.roster.names()
+        self.users.delete(0, "end")
+        for name in self.listed:
+            marks = [m for m, on in (("admin", self.roster.role(name) == "admin"),
+                                     ("you", name.casefold() == self.me.casefold())) if on]
+            self.users.insert("end", escape(name) + (f" ({', '.join(marks)})" if marks else ""))
+        self.online.configure(text=f"Online: {len(self.listed)}")
+
+    def _ask_roles_soon(self) -> None:
+        if not self._who_asked:
+            self._who_asked = True
+            self._roles_timer = self.after(WHO_DELAY_MS, self._ask_roles)
+
+    def _ask_roles(self) -> None:
+        self._who_asked = True
+        self._roles_timer = None
+        self.request(who(), self._got_roles, lambda _: self._got_roles({}))
+
+    def _got_roles(self, reply: Reply) -> None:
+        self._who_asked = False
+        if self.roster.apply(reply):
+            self._list_users()
+
+    def _name_at(self, y: int) -> str | None:
+        index: int = self.users.nearest(y)  # type: ignore[no-untyped-call]
+        box = self.users.bbox(index)
+        if not 0 <= index < len(self.listed) or not box or not box[1] <= y < box[1] + box[3]:
+            return None
+        return self.listed[index]
+
+    def _double_click(self, event: tk.Event[tk.Listbox]) -> None:
+        name = self._name_at(event.y)
+        if name is not None:
+            self.start_dm(name)
+
+    def _context_menu(self, event: tk.Event[tk.Listbox]) -> None:
+        name = self._name_at(event.y)
+        if name is None:
+            return
+        self.users.selection_clear(0, "end")
+        self.users.selection_set(self.listed.index(name))
+        menu = self.user_menu
+        menu.delete(0, "end")
+        menu.add_command(label="Message privately", command=partial(self.start_dm, name))
+        if self.role == "admin" and name.casefold() != self.me.casefold():
+            menu.add_separator()
+            menu.add_command(label="Kick…", command=partial(self.confirm_moderation, "kick", name))
+            menu.add_command(label="Ban…", command=partial(self.confirm_moderation, "ban", name))
+        menu.tk_popup(event.x_root, event.y_root)
+
+    def confirm_moderation(self, action: str, name: str) -> Dialog:
+        shown = escape(name)
+        what = {"kick": f"End {shown}'s sessions. They can log in again.",
+                "ban": f"End {shown}'s sessions and disable the account, so that it cannot "
+                       "log in until an admin enables it again."}[action]
+        return Dialog(self, f"{action.title()} {shown}", what, [action.title(), "Cancel"],
+                      partial(self._moderate, action, name), tone="warning",
+                      fields=[("Reason (optional)", False)])
+
+    def _moderate(self, action: str, name: str, button: str | None, values: list[str]) -> None:
+        if button == action.title():
+            room = self.conversations[""]
+            self.request(moderate(action, name, values[0].strip()),
+                         partial(self._answered, room, ""), partial(self._failed, room, ""))
+
+    # -- what the user types ---------------------------------------------------
+
+    def _enter(self, _: object) -> str:
+        self.send_typed()
+        return "break"  # no newline: Enter sends
+
+    def _newline(self, _: object) -> str:
+        self.entry.insert("insert", "\n")
+        return "break"
+
+    def send_typed(self) -> None:
+        typed = self.entry.get("1.0", "end-1c")
+        conversation = self.current()
+        command = parse(typed, talking_to=conversation.peer)
+        if command is None:
+            return
+        self.entry.delete("1.0", "end")
+        if isinstance(command, Mistake):
+            conversation.note(command.hint, "class:error")
+            self._put_back(typed)
+        elif isinstance(command, Local):
+            self._local(command.name, conversation)
+        elif isinstance(command, Send):
+            self.request(command.frame, partial(self._answered, conversation, typed),
+                         partial(self._failed, conversation, typed))
+
+    def _local(self, name: str, conversation: Conversation) -> None:
+        if name == "quit":
+            self._quit()
+        elif name == "help":
+            conversation.note(HELP)
+        else:
+            self.change_password()
+
+    def request(self, frame: Reply, done: Callable[[Reply], None],
+                failed: Callable[[Exception], None]) -> None:
+        self.worker.run(partial(self.chat.request, frame), done, failed)
+
+    def _answered(self, conversation: Conversation, typed: str, reply: Reply) -> None:
+        if reply.get("type") == "error":
+            self._put_back(typed)
+        elif reply.get("type") == "who" and self.roster.apply(reply):
+            self._list_users()
+        if reply.get("type") != "ok":
+            conversation.add(render(reply, self.me))
+
+    def _failed(self, conversation: Conversation, typed: str, error: Exception) -> None:
+        conversation.note(f"!!! not sent: {escape(str(error))}", "class:error")
+        self._put_back(typed)
+
+    def _put_back(self, typed: str) -> None:
+        """Return a line that did not go out to the input box, unless something new is there."""
+        if typed and not self.entry.get("1.0", "end-1c"):
+            self.entry.insert("1.0", typed)
+
+    # -- password --------------------------------------------------------------
+
+    def change_password(self) -> Dialog:
+        return Dialog(self, "Change password", "Your other sessions will be logged out.",
+                      ["Change", "Cancel"], self._password_typed,
+                      fields=[("Current password", True), ("New password", True),
+                              ("New password again", True)])
+
+    def _password_typed(self, button: str | None, values: list[str]) -> None:
+        if button != "Change":
+            return
+        old, new, again = values
+        if new != again:
+            alert(self, "Password not changed", "The new passwords do not match.")
+            return
+        self.worker.run(partial(self.chat.change_password, old, new), self._password_changed,
+                        self._password_not_changed)
+
+    def _password_not_changed(self, error: Exception) -> None:
+        alert(self, "Password not changed", escape(str(error)))
+
+    def _password_changed(self, reply: Reply) -> None:
+        if reply.get("type") == "ok":
+            alert(self, "Password changed", "Your password is changed.", tone="info")
+        else:
+            alert(self, "Password not changed", describe_error(reply))

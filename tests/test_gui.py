@@ -1,0 +1,569 @@
+"""The desktop client, driven like a person would, in a real window on a real X
+display (Xvfb), against a real server, with scripted clients on the other side.
+
+Most tests run the window in this process, so they can read what it shows;
+the last one runs `authchat gui` as a process and types into it with xdotool.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from authchat.client import ClientOptions
+from authchat.tls import CERT_FILENAME, KnownServers, fingerprint
+
+from conftest import GOOD_PASSWORD, assert_one_line_error, cli_env
+from helpers import Client, add_user, start_server
+
+tk = pytest.importorskip("tkinter", reason="this Python has no tkinter: no desktop client")
+
+from authchat.gui import App  # noqa: E402  (needs tkinter)
+from authchat.gui.chat_window import ChatView  # noqa: E402
+from authchat.gui.widgets import Dialog  # noqa: E402
+
+T = TypeVar("T")
+WAIT_S = 15.0
+SCREEN = (1280, 800)
+
+
+@pytest.fixture(scope="module")
+def display() -> Iterator[str]:
+    """An X display of our own (Xvfb), or the one we are on; skip if neither."""
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        if os.environ.get("DISPLAY"):
+            yield os.environ["DISPLAY"]
+            return
+        pytest.skip("no X display and no Xvfb: the desktop client needs a screen to be "
+                    "tested on (.ci/run installs Xvfb)")
+    read_end, write_end = os.pipe()
+    server = subprocess.Popen(
+        [xvfb, "-displayfd", str(write_end), "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24",
+         "-nolisten", "tcp"], pass_fds=[write_end], stderr=subprocess.DEVNULL)
+    os.close(write_end)
+    number = b""
+    while not number.endswith(b"\n"):
+        ready, _, _ = select.select([read_end], [], [], WAIT_S)
+        assert ready, "Xvfb did not say which display it took"
+        chunk = os.read(read_end, 16)
+        assert chunk, "Xvfb exited before it was ready"
+        number += chunk
+    os.close(read_end)
+    try:
+        yield f":{number.decode().strip()}"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+class Gui:
+    """The desktop client in this process, on `display`, and ways to work it."""
+
+    def __init__(self, display: str, options: ClientOptions, username: str = "") -> None:
+        self.root = tk.Tk(screenName=display, className="authchat")
+        self.app = App(self.root, options, username)
+
+    def wait_for(self, condition: Callable[[], T], what: str, timeout: float = WAIT_S) -> T:
+        """Run the window until `condition()` is truthy; returns its value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.root.update()
+            value = condition()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: never happened")
+            time.sleep(0.01)
+
+    def press(self, widget: tk.Misc, key: str) -> None:
+        widget.focus_force()
+        self.root.update()
+        widget.event_generate(key)
+        self.root.update()
+
+    def type_into(self, widget: tk.Misc, text: str) -> None:
+        widget.focus_force()
+        widget.insert("end", text)  # type: ignore[attr-defined]
+
+    def log_in(self, password: str = GOOD_PASSWORD, *, create: bool = False) -> None:
+        form = self.app.form
+        assert form is not None
+        form.password.set(password)
+        form.create.set(create)
+        self.press(form.entries["Password"], "<Return>")
+
+    def dialog(self, title: str) -> Dialog:
+        return self.wait_for(lambda: next((d for d in dialogs(self.root) if d.title() == title),
+                                          None), f"a dialog titled {title!r}")
+
+    @property
+    def view(self) -> ChatView:
+        return self.wait_for(lambda: self.app.view, "the chat window")
+
+    def room(self) -> str:
+        return self.view.conversations[""].contents()
+
+    def say(self, text: str) -> None:
+        self.type_into(self.view.entry, text)
+        self.press(self.view.entry, "<Return>")
+
+    def click_user(self, name: str, button: int = 1, clicks: int = 1) -> None:
+        """Click on `name` in the user list, as the mouse would."""
+        users = self.view.users
+        x, y, _, height = users.bbox(self.view.listed.index(name))
+        where = {"x": x + 5, "y": y + height // 2, "rootx": users.winfo_rootx() + x + 5,
+                 "rooty": users.winfo_rooty() + y + height // 2}
+        for _ in range(clicks):
+            users.event_generate(f"<ButtonPress-{button}>", **where)
+            users.event_generate(f"<ButtonRelease-{button}>", **where)
+        self.root.update()
+
+    def choose(self, menu: tk.Menu, label: str) -> None:
+        """Click an entry of a posted menu, as the mouse would (which also unposts it)."""
+        y = menu.yposition(menu.index(label)) + 5
+        for event in ("<Enter>", "<Motion>", "<ButtonRelease-1>"):
+            menu.event_generate(event, x=10, y=y)
+        self.root.update()
+
+    def close(self) -> None:
+        if self.root.winfo_exists():
+            self.app.quit()
+        self.app.wait_closed()
+
+
+def dialogs(widget: tk.Misc) -> list[Dialog]:
+    found = [widget] if isinstance(widget, Dialog) else []
+    for child in widget.winfo_children():
+        found += dialogs(child)
+    return found
+
+
+@pytest.fixture
+def gui(display: str, tmp_path: Path) -> Iterator[Callable[..., Gui]]:
+    opened: list[Gui] = []
+
+    def open_gui(port: int, username: str = "alice", tls: bool = False) -> Gui:
+        options = ClientOptions(host="127.0.0.1", port=port, tls=tls,
+                                known_servers=tmp_path / "known_servers")
+        window = Gui(display, options, username)
+        opened.append(window)
+        return window
+
+    yield open_gui
+    for window in opened:
+        window.close()
+    # Tk objects must be freed on the thread that made them, not by a collection
+    # that a server or client thread happens to run (see gui._discard).
+    opened.clear()
+    gc.collect()
+
+
+def menu_labels(menu: tk.Menu) -> list[str]:
+    last = menu.index("end")
+    return [] if last is None else [menu.entrycget(i, "label") for i in range(last + 1)
+                                    if menu.type(i) == "command"]
+
+
+def screenshot(window: tk.Misc, display: str, path: Path) -> None:
+    from PIL import ImageGrab
+
+    window.update()
+    menubar = window.nametowidget(window.cget("menu"))  # drawn just above the window
+    x, y = window.winfo_rootx(), window.winfo_rooty() - menubar.winfo_reqheight()
+    box = (x, y, x + window.winfo_width(), window.winfo_rooty() + window.winfo_height())
+    ImageGrab.grab(bbox=box, xdisplay=display).save(path)
+
+
+@pytest.mark.slow
+def test_log_in_chat_dm_presence_and_screenshot(gui: Callable[..., Gui], display: str,
+                                                tmp_path: Path) -> None:
+    home = tmp_path / "server"
+    server = start_server(home, tls__enabled=True)
+    for name in ("alice", "bob", "carol"):
+        add_user(server, name)
+    bob = carol = None
+    try:
+        window = gui(server.address[1], tls=True)
+        assert window.app.form is not None
+        window.log_in()
+
+        # A self-signed server: the fingerprint is shown, and trusted only when asked.
+        trust = window.dialog("Trust this server?")
+        assert server.fingerprint in [e.get() for e in entries_of(trust)]
+        trust.buttons["Trust"].invoke()
+        view = window.view
+        assert f"TLS, SHA-256 {server.fingerprint[:23]}…" in view.security.cget("text")
+        view.security.event_generate("<Button-1>")
+        security = window.dialog("Connection security")
+        assert [e.get() for e in entries_of(security)] == [server.fingerprint]
+        security.buttons["OK"].invoke()
+        assert KnownServers(tmp_path / "known_servers").get("127.0.0.1", server.address[1])
+        window.wait_for(lambda: "logged in as alice" in window.room(), "the welcome")
+        assert view.listed == ["alice"]
+
+        bob = Client(server.address, cafile=home / CERT_FILENAME)
+        bob.login("bob")
+        window.wait_for(lambda: "--> bob joined" in window.room(), "bob's join")
+        window.wait_for(lambda: view.listed == ["alice", "bob"], "bob in the user list")
+
+        window.say("hello bob")
+        bob.expect("message", text="hello bob", **{"from": "alice"})
+        window.wait_for(lambda: "<alice> hello bob" in window.room(), "alice's own echo")
+        assert view.entry.get("1.0", "end-1c") == ""
+
+        # Shift-Enter is a new line in the message; Enter sends it.
+        window.type_into(view.entry, "first line")
+        window.press(view.entry, "<Shift-Return>")
+        window.type_into(view.entry, "second line")
+        window.press(view.entry, "<Return>")
+        bob.expect("message", text="first line\nsecond line")
+
+        bob.send({"type": "say", "text": "hi alice, how are you?"})
+        bob.expect("message", text="hi alice, how are you?")  # his own echo
+        window.wait_for(lambda: "<bob> hi alice, how are you?" in window.room(), "bob's message")
+
+        # Not an admin: the user list's menu offers only a private message.
+        window.click_user("bob", button=3)
+        assert menu_labels(view.user_menu) == ["Message privately"]
+        window.choose(view.user_menu, "Message privately")
+        assert view.current().peer == "bob"
+        view.tabs.select(view.conversations[""])
+        window.root.update()
+        assert view.current().peer is None
+
+        # Double-click bob: his conversation comes to the front; typed there is a DM.
+        window.click_user("bob", clicks=2)
+        assert view.current().peer == "bob"
+        window.say("psst, lunch?")
+        bob.expect("dm", text="psst, lunch?", to="bob", **{"from": "alice"})
+        bob.send({"type": "dm", "to": "alice", "text": "yes, noon"})
+        dm = view.conversations["bob"]
+        window.wait_for(lambda: "[bob -> alice] yes, noon" in dm.contents(), "bob's DM")
+        assert "yes, noon" not in window.room()
+
+        # While the DM is in front, the room's tab counts what arrives there...
+        carol = Client(server.address, cafile=home / CERT_FILENAME)
+        carol.login("carol")
+        carol.send({"type": "say", "text": "the deploy went out at 10:40, all green"})
+        window.wait_for(lambda: "deploy went out" in window.room(), "carol's message")
+        assert tab_title(view, "") == "# room (1)"
+        view.tabs.select(view.conversations[""])
+        window.wait_for(lambda: tab_title(view, "") == "# room", "the count cleared")
+        # ...and the other way round.
+        bob.send({"type": "dm", "to": "alice", "text": "bring the slides"})
+        window.wait_for(lambda: tab_title(view, "bob") == "@bob (1)", "the DM tab's count")
+
+        window.type_into(view.entry, "great, thanks carol!")
+        picture = tmp_path / "gui.png"
+        screenshot(window.root, display, picture)
+        if os.environ.get("AUTHCHAT_SCREENSHOT"):  # how docs/gui.png is made
+            shutil.copy(picture, os.environ["AUTHCHAT_SCREENSHOT"])
+        assert_is_a_picture_of(window.root, picture)
+
+        bob.send({"type": "quit"})
+        window.wait_for(lambda: "<-- bob left (quit)" in window.room(), "bob's leave")
+        assert "bob left" in dm.contents()  # said in his conversation too
+        window.wait_for(lambda: view.listed == ["alice", "carol"], "bob off the list")
+    finally:
+        for client in (bob, carol):
+            if client is not None:
+                client.close()
+        server.shutdown()
+
+
+def tab_title(view: ChatView, key: str) -> str:
+    return str(view.tabs.tab(view.conversations[key], "text"))
+
+
+def entries_of(dialog: Dialog) -> list[tk.Entry]:
+    found = []
+    stack: list[tk.Misc] = [dialog]
+    while stack:
+        widget = stack.pop()
+        if widget.winfo_class() == "TEntry":
+            found.append(widget)
+        stack += widget.winfo_children()
+    return found
+
+
+def assert_is_a_picture_of(window: tk.Misc, path: Path) -> None:
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        width, height = picture.size
+        assert width == window.winfo_width() and height >= window.winfo_height()
+        colours = picture.convert("RGB").getcolors(maxcolors=1 << 16)
+        assert colours is None or len(colours) > 50, "the screenshot is blank"
+
+
+def test_wrong_password_and_taken_name_are_said_plainly(gui: Callable[..., Gui],
+                                                        servers: Callable[..., object]) -> None:
+    server = servers()
+    add_user(server, "alice")
+    window = gui(server.address[1])
+    window.log_in("not the password at all")
+    refused = window.dialog("Could not log in")
+    assert refused.message.cget("text") == "wrong username or password"
+    refused.buttons["OK"].invoke()
+    form = window.app.form
+    assert form is not None and "disabled" not in form.button.state()
+
+    window.log_in("a brand new long password", create=True)
+    taken = window.dialog("Could not log in")
+    assert taken.message.cget("text").startswith("that username is taken")
+    taken.buttons["OK"].invoke()
+    assert window.app.view is None
+
+    window.log_in()
+    window.wait_for(lambda: "logged in as alice" in window.room(), "the right password works")
+
+
+def test_a_changed_certificate_is_refused_with_the_reason(gui: Callable[..., Gui],
+                                                          servers: Callable[..., object],
+                                                          tmp_path: Path) -> None:
+    server = servers(tls__enabled=True)
+    add_user(server, "alice")
+    port = server.address[1]
+    KnownServers(tmp_path / "known_servers").remember("127.0.0.1", port, fingerprint(b"old"))
+    window = gui(port, tls=True)
+    window.log_in()
+    refused = window.dialog("Server not trusted")
+    text = refused.message.cget("text")
+    assert "HAS CHANGED" in text and server.fingerprint in text
+    assert not [d for d in dialogs(window.root) if d.title() == "Trust this server?"]
+    assert window.app.view is None
+
+
+@pytest.mark.slow
+def test_admins_kick_and_ban_from_the_user_list(gui: Callable[..., Gui],
+                                                servers: Callable[..., object]) -> None:
+    server = servers()
+    add_user(server, "boss", role="admin")
+    add_user(server, "bob")
+    add_user(server, "carol")
+    window = gui(server.address[1], username="boss")
+    window.log_in()
+    view = window.view
+    bob, carol = Client(server.address), Client(server.address)
+    try:
+        bob.login("bob")
+        carol.login("carol")
+        window.wait_for(lambda: view.listed == ["bob", "boss", "carol"], "everyone listed")
+        window.wait_for(lambda: "boss (admin, you)" in view.users.get(0, "end"),
+                        "roles learnt from who")
+
+        window.click_user("bob", button=3)
+        assert menu_labels(view.user_menu) == ["Message privately", "Kick…", "Ban…"]
+        window.choose(view.user_menu, "Kick…")
+        kick = window.dialog("Kick bob")
+        kick.entries[0].insert(0, "too loud")
+        kick.buttons["Kick"].invoke()
+        bob.expect_error("kicked")
+        window.wait_for(lambda: "<-- bob left (kicked)" in window.room(), "bob kicked")
+
+        window.click_user("carol", button=3)
+        window.choose(view.user_menu, "Ban…")
+        window.dialog("Ban carol").buttons["Ban"].invoke()
+        carol.expect_error("kicked")
+        window.wait_for(lambda: view.listed == ["boss"], "carol gone")
+        again = Client(server.address)
+        again.hello()
+        again.send({"type": "login", "username": "carol", "password": GOOD_PASSWORD})
+        again.expect_error("account_disabled")
+        again.close()
+    finally:
+        bob.close()
+        carol.close()
+
+
+def test_being_kicked_is_explained_and_you_can_log_in_again(gui: Callable[..., Gui],
+                                                            servers: Callable[..., object]
+                                                            ) -> None:
+    server = servers()
+    add_user(server, "alice")
+    add_user(server, "boss", role="admin")
+    window = gui(server.address[1])
+    window.log_in()
+    view = window.view
+    boss = Client(server.address)
+    try:
+        boss.login("boss")
+        window.wait_for(lambda: "boss" in view.listed, "boss online")
+        boss.send({"type": "kick", "username": "alice", "reason": "cool off"})
+        ended = window.dialog("Disconnected")
+        assert "you were removed from the server" in ended.message.cget("text")
+        assert view.status.cget("text").startswith("disconnected: you were removed")
+        assert str(view.entry.cget("state")) == "disabled"
+        ended.buttons["Log in again"].invoke()
+        form = window.wait_for(lambda: window.app.form, "the connect form")
+        assert form.username.get() == "alice" and form.password.get() == ""
+        window.log_in()
+        window.wait_for(lambda: window.app.view is not None and "logged in as alice"
+                        in window.room(), "logged in again")
+    finally:
+        boss.close()
+
+
+@pytest.mark.slow
+def test_reconnects_with_backoff_after_the_server_restarts(gui: Callable[..., Gui],
+                                                           tmp_path: Path) -> None:
+    home = tmp_path / "server"
+    server = start_server(home)
+    add_user(server, "alice")
+    add_user(server, "bob")
+    port = server.address[1]
+    window = gui(port)
+    window.log_in()
+    view = window.view
+    try:
+        server.shutdown()
+        window.wait_for(lambda: "the server is shutting down" in window.room(), "the reason")
+        window.wait_for(lambda: view.status.cget("text").startswith("reconnecting in"),
+                        "the status bar saying it reconnects")
+        server = start_server(home, server__port=port)
+        window.wait_for(lambda: "reconnected" in window.room(), "back", timeout=30)
+        window.wait_for(lambda: view.status.cget("text") == "connected", "status: connected")
+        bob = Client(server.address)
+        bob.login("bob")
+        window.say("still here")
+        bob.expect("message", text="still here", **{"from": "alice"})
+        bob.close()
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.slow
+def test_a_thousand_messages_arrive_whole_and_in_order(gui: Callable[..., Gui],
+                                                       servers: Callable[..., object]) -> None:
+    server = servers(limits__messages_per_second=10_000, limits__message_burst=10_000)
+    add_user(server, "alice")
+    add_user(server, "bob")
+    window = gui(server.address[1])
+    window.log_in()
+    view = window.view
+    bob = Client(server.address)
+    try:
+        bob.login("bob")
+        window.wait_for(lambda: "bob" in view.listed, "bob online")
+        bob.send(b"".join(f'{{"type":"say","text":"flood {n:04d}"}}\n'.encode()
+                          for n in range(1000)))
+        window.type_into(view.entry, "typed during the flood")
+        text = view.conversations[""].text
+        window.wait_for(lambda: "flood 0999" in window.room(), "the last of 1,000")
+        received = [line.split("<bob> ")[1] for line in window.room().splitlines()
+                    if "<bob> flood" in line]
+        assert received == [f"flood {n:04d}" for n in range(1000)]
+        assert text.yview()[1] == 1.0, "the list did not follow the newest message"
+        assert view.entry.get("1.0", "end-1c") == "typed during the flood"
+    finally:
+        bob.close()
+
+
+def test_a_refused_line_goes_back_into_the_input_box(gui: Callable[..., Gui],
+                                                     servers: Callable[..., object]) -> None:
+    # Two requests in a burst: the window's own `who` at login, and the first line.
+    server = servers(limits__messages_per_second=0.25, limits__message_burst=2)
+    add_user(server, "alice")
+    window = gui(server.address[1])
+    window.log_in()
+    view = window.view
+    window.say("the first goes out")
+    window.wait_for(lambda: "<alice> the first goes out" in window.room(), "the first")
+    window.say("the second is one too many")
+    window.wait_for(lambda: "!!! too many attempts" in window.room(), "the refusal")
+    assert view.entry.get("1.0", "end-1c") == "the second is one too many"
+    view.entry.delete("1.0", "end")
+    window.say("/frobnicate")  # a mistake is shown and kept too, nothing is sent
+    assert "unknown command /frobnicate" in window.room()
+    assert view.entry.get("1.0", "end-1c") == "/frobnicate"
+
+
+def test_changing_the_password_from_the_menu(gui: Callable[..., Gui],
+                                             servers: Callable[..., object]) -> None:
+    server = servers()
+    add_user(server, "alice")
+    window = gui(server.address[1])
+    window.log_in()
+    view = window.view
+    elsewhere = Client(server.address)
+    try:
+        elsewhere.login("alice")
+        menu = window.root.nametowidget(window.root.cget("menu"))
+        chat_menu = window.root.nametowidget(menu.entrycget("Chat", "menu"))
+        chat_menu.invoke("Change password…")
+        form = window.dialog("Change password")
+        new = "a fresh and much longer passphrase"
+        for entry, text in zip(form.entries, [GOOD_PASSWORD, new, new + "typo"]):
+            entry.insert(0, text)
+        form.buttons["Change"].invoke()
+        window.dialog("Password not changed").buttons["OK"].invoke()  # the typo
+
+        form = view.change_password()
+        for entry, text in zip(form.entries, [GOOD_PASSWORD, new, new]):
+            entry.insert(0, text)
+        form.buttons["Change"].invoke()
+        window.dialog("Password changed").buttons["OK"].invoke()
+        elsewhere.expect_error("kicked")  # the account's other sessions end
+        assert window.app.chat is not None and not window.app.chat.ended.is_set()
+    finally:
+        elsewhere.close()
+
+
+def test_without_a_display_the_command_says_so_in_one_line(run_cli: Callable[..., object],
+                                                           home: Path) -> None:
+    env = {k: v for k, v in cli_env(home).items() if k != "DISPLAY"}
+    result = run_cli("gui", "alice", env=env)
+    assert_one_line_error(result, 1, "cannot open a window")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("xdotool") is None,
+                    reason="xdotool is not installed: it types into the `authchat gui` process")
+def test_authchat_gui_as_a_process(display: str, tmp_path: Path) -> None:
+    home = tmp_path / "server"
+    server = start_server(home, tls__enabled=True)
+    add_user(server, "alice")
+    add_user(server, "bob")
+    env = cli_env(tmp_path / "client", DISPLAY=display, XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "authchat", "gui", "alice", "--port", str(server.address[1]),
+         "--fingerprint", str(server.fingerprint)], env=env, stderr=subprocess.PIPE, text=True)
+    bob = Client(server.address, cafile=home / CERT_FILENAME)
+    try:
+        bob.login("bob")
+        xdotool(display, "search", "--sync", "--onlyvisible", "--name", "^authchat$",
+                "windowfocus", "--sync")
+        xdotool(display, "type", "--delay", "5", GOOD_PASSWORD)
+        xdotool(display, "key", "Return")
+        bob.expect("join", skip=(), username="alice")
+        xdotool(display, "search", "--sync", "--name", "^authchat: alice", "windowfocus",
+                "--sync")
+        xdotool(display, "type", "--delay", "5", "typed for real")
+        xdotool(display, "key", "Return")
+        bob.expect("message", text="typed for real", **{"from": "alice"})
+        xdotool(display, "key", "ctrl+q")
+        bob.expect("leave", skip=(), username="alice", reason="quit")
+        assert process.wait(WAIT_S) == 0
+        assert "Traceback" not in process.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        bob.close()
+        server.shutdown()
+
+
+def xdotool(display: str, *args: str) -> None:
+    subprocess.run(["xdotool", *args], env={**os.environ, "DISPLAY": display}, check=True,
+                   timeout=WAIT_S, capture_output=True)
