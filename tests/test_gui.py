@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import os
-import select
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,7 @@ tk = pytest.importorskip("tkinter", reason="this Python has no tkinter: no deskt
 from authchat.gui import App  # noqa: E402  (needs tkinter)
 from authchat.gui.chat_window import ChatView  # noqa: E402
 from authchat.gui.widgets import Dialog  # noqa: E402
+from bench.gui import NoScreen, x_display  # noqa: E402  (the benchmark's display, shared)
 
 T = TypeVar("T")
 WAIT_S = 15.0
@@ -40,31 +40,12 @@ SCREEN = (1280, 800)
 @pytest.fixture(scope="module")
 def display() -> Iterator[str]:
     """An X display of our own (Xvfb), or the one we are on; skip if neither."""
-    xvfb = shutil.which("Xvfb")
-    if xvfb is None:
-        if os.environ.get("DISPLAY"):
-            yield os.environ["DISPLAY"]
-            return
-        pytest.skip("no X display and no Xvfb: the desktop client needs a screen to be "
-                    "tested on (.ci/run installs Xvfb)")
-    read_end, write_end = os.pipe()
-    server = subprocess.Popen(
-        [xvfb, "-displayfd", str(write_end), "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24",
-         "-nolisten", "tcp"], pass_fds=[write_end], stderr=subprocess.DEVNULL)
-    os.close(write_end)
-    number = b""
-    while not number.endswith(b"\n"):
-        ready, _, _ = select.select([read_end], [], [], WAIT_S)
-        assert ready, "Xvfb did not say which display it took"
-        chunk = os.read(read_end, 16)
-        assert chunk, "Xvfb exited before it was ready"
-        number += chunk
-    os.close(read_end)
     try:
-        yield f":{number.decode().strip()}"
-    finally:
-        server.terminate()
-        server.wait(10)
+        with x_display(*SCREEN) as name:
+            yield name
+    except NoScreen as e:
+        pytest.skip(f"{e}: the desktop client needs a screen to be tested on "
+                    "(.ci/run installs Xvfb)")
 
 
 class Gui:

@@ -35,7 +35,8 @@ from typing import Any
 from ..client import Chat, ClientOptions, Event, ServerError, TrustError
 from ..sanitize import escape
 from .chat_window import ChatView
-from .widgets import Answer, ConnectForm, Dialog, Inbox, Login, NoDisplay, Worker, alert
+from .widgets import WORK_PER_TICK, Answer, ConnectForm, Dialog, Inbox, Login, NoDisplay, \
+    Worker, alert
 
 __all__ = ["App", "NoDisplay", "run"]
 
@@ -48,12 +49,12 @@ class App:
     """The whole desktop client in one window: the connect form, then the chat view."""
 
     def __init__(self, root: tk.Tk, options: ClientOptions, username: str = "", *,
-                 reconnect: bool = True) -> None:
+                 reconnect: bool = True, work_per_tick: int = WORK_PER_TICK) -> None:
         self.root = root
         self.options = options
         self.reconnect = reconnect
         self.closed = threading.Event()
-        self.inbox = Inbox(root)
+        self.inbox = Inbox(root, work_per_tick)  # the benchmark varies the batch
         self.worker = Worker(self.inbox)
         self.chat: Chat | None = None
         self.view: ChatView | None = None

@@ -47,8 +47,9 @@ class NoDisplay(AuthchatError):
 class Inbox:
     """Work for the Tk thread, handed in from any thread and done in order."""
 
-    def __init__(self, root: tk.Misc) -> None:
+    def __init__(self, root: tk.Misc, per_tick: int = WORK_PER_TICK) -> None:
         self._root = root
+        self._per_tick = per_tick
         self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._timer = root.after(POLL_MS, self._drain)
 
@@ -57,7 +58,7 @@ class Inbox:
 
     def _drain(self) -> None:
         try:
-            for _ in range(WORK_PER_TICK):
+            for _ in range(self._per_tick):
                 try:
                     work = self._work.get_nowait()
                 except queue.Empty:
@@ -263,6 +264,8 @@ class Conversation(ttk.Frame):
         self.peer = peer  # None for the room
         self.title = f"@{escape(peer)}" if peer else "# room"
         self.unread = 0
+        self._settling: str | None = None
+        self._following = True
         self.text = tk.Text(self, wrap="word", state="disabled", font="TkFixedFont",
                             relief="flat", padx=8, pady=6, width=72, height=22, takefocus=0)
         scrollbar = ttk.Scrollbar(self, command=self.text.yview)
@@ -275,17 +278,32 @@ class Conversation(ttk.Frame):
     def add(self, fragments: Fragments) -> None:
         if not fragments:
             return
-        following = self.text.yview()[1] >= 1.0  # reading older lines? then stay there
+        if self._settling is None:
+            # Asking where the view is, or moving it, lays the text out again: once
+            # per line that is most of the cost of a flood. So it is done once per
+            # batch, when the event loop is next idle.
+            self._following = self.text.yview()[1] >= 1.0  # reading older lines?
+            self._settling = self.after_idle(self._settle)
         self.text.configure(state="normal")
         for style, text in fragments:
             self.text.insert("end", text, (style.removeprefix("class:"),) if style else ())
         self.text.insert("end", "\n")
+        self.text.configure(state="disabled")
+
+    def _settle(self) -> None:
+        self._settling = None
         lines = int(self.text.index("end-1c").split(".")[0]) - 1
         if lines > SCROLLBACK_LINES:
+            self.text.configure(state="normal")
             self.text.delete("1.0", f"{lines - SCROLLBACK_LINES + 1}.0")
-        self.text.configure(state="disabled")
-        if following:
+            self.text.configure(state="disabled")
+        if self._following:
             self.text.see("end")
+
+    def destroy(self) -> None:
+        if self._settling is not None:
+            self.after_cancel(self._settling)
+        super().destroy()
 
     def note(self, text: str, style: str = "class:notice") -> None:
         self.add([(style, text)])
