@@ -501,6 +501,33 @@ def test_changing_the_password_from_the_menu(gui: Callable[..., Gui],
         elsewhere.close()
 
 
+def test_log_out_and_in_again(gui: Callable[..., Gui], servers: Callable[..., object]) -> None:
+    server = servers()
+    add_user(server, "alice")
+    add_user(server, "bob")
+    window = gui(server.address[1])
+    window.log_in()
+    first = window.view
+    bob = Client(server.address)
+    try:
+        bob.login("bob")
+        window.wait_for(lambda: "bob" in first.listed, "bob online")
+        menu = window.root.nametowidget(window.root.cget("menu"))
+        window.root.nametowidget(menu.entrycget("Chat", "menu")).invoke("Log out")
+        bob.expect("leave", skip=(), username="alice", reason="quit")
+        form = window.wait_for(lambda: window.app.form, "the connect form")
+        assert form.username.get() == "alice" and form.password.get() == ""
+        assert not first.winfo_exists()
+        window.log_in()
+        bob.expect("join", skip=(), username="alice")
+        second = window.view
+        assert second is not first
+        bob.send({"type": "say", "text": "welcome back"})
+        window.wait_for(lambda: "<bob> welcome back" in window.room(), "the new session's room")
+    finally:
+        bob.close()
+
+
 def test_without_a_display_the_command_says_so_in_one_line(run_cli: Callable[..., object],
                                                            home: Path) -> None:
     env = {k: v for k, v in cli_env(home).items() if k != "DISPLAY"}

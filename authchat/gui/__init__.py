@@ -106,8 +106,15 @@ class App:
         chat.on_event = partial(self._from_network, chat)
         self._connecting, self._early = chat, []
         self.form.busy(f"Connecting to {escape(login.host)}:{login.port}…")
-        self.worker.run(chat.start, partial(self._logged_in, chat),
+        self.worker.run(partial(self._start, chat), partial(self._logged_in, chat),
                         partial(self._not_logged_in, chat))
+
+    def _start(self, chat: Chat) -> dict[str, Any]:
+        """Log in (on the worker); a session the window closed meanwhile says goodbye."""
+        welcome = chat.start()
+        if self.closed.is_set():
+            chat.close()
+        return welcome
 
     def _confirm_trust(self, where: str, seen: str) -> bool:
         """Trust on first use, asked in a dialog; runs on the worker thread."""

@@ -20,13 +20,13 @@ from ..commands import HELP, Local, Mistake, Send, moderate, parse, who
 from ..display import CONNECTION_STATE, render
 from ..roster import Roster, dm_peer
 from ..sanitize import escape
-from .widgets import TONES, Conversation, Dialog, Worker, alert
+from .widgets import TONES, Conversation, Dialog, Timed, Worker, alert
 
 WHO_DELAY_MS = 500  # the roles of people who joined are asked for in one `who`
 Reply = dict[str, Any]
 
 
-class ChatView(ttk.Frame):
+class ChatView(Timed, ttk.Frame):
     """Everything shown while logged in, for one Chat."""
 
     def __init__(self, parent: tk.Misc, chat: Chat, worker: Worker, *,
@@ -39,16 +39,10 @@ class ChatView(ttk.Frame):
         self.roster = Roster()
         self.listed: list[str] = []  # the names in the user list, in its order
         self._who_asked = False
-        self._roles_timer: str | None = None
         self.conversations: dict[str, Conversation] = {}
         self._build()
         self.open_conversation(None)
         self.entry.focus_set()
-
-    def destroy(self) -> None:
-        if self._roles_timer is not None:
-            self.after_cancel(self._roles_timer)
-        super().destroy()
 
     # -- layout ----------------------------------------------------------------
 
@@ -219,11 +213,10 @@ class ChatView(ttk.Frame):
     def _ask_roles_soon(self) -> None:
         if not self._who_asked:
             self._who_asked = True
-            self._roles_timer = self.after(WHO_DELAY_MS, self._ask_roles)
+            self.later(WHO_DELAY_MS, self._ask_roles)
 
     def _ask_roles(self) -> None:
         self._who_asked = True
-        self._roles_timer = None
         self.request(who(), self._got_roles, lambda _: self._got_roles({}))
 
     def _got_roles(self, reply: Reply) -> None:
@@ -309,7 +302,16 @@ class ChatView(ttk.Frame):
 
     def request(self, frame: Reply, done: Callable[[Reply], None],
                 failed: Callable[[Exception], None]) -> None:
-        self.worker.run(partial(self.chat.request, frame), done, failed)
+        self.ask(partial(self.chat.request, frame), done, failed)
+
+    def ask(self, call: Callable[[], Reply], done: Callable[[Reply], None],
+            failed: Callable[[Exception], None]) -> None:
+        """Run `call` on the worker; its answer comes back unless this view is gone
+        by then (logged out), when there is nowhere left to show it."""
+        def if_shown(then: Callable[[Any], None], result: Any) -> None:
+            if self.winfo_exists():
+                then(result)
+        self.worker.run(call, partial(if_shown, done), partial(if_shown, failed))
 
     def _answered(self, conversation: Conversation, typed: str, reply: Reply) -> None:
         if reply.get("type") == "error":
@@ -343,8 +345,8 @@ class ChatView(ttk.Frame):
         if new != again:
             alert(self, "Password not changed", "The new passwords do not match.")
             return
-        self.worker.run(partial(self.chat.change_password, old, new), self._password_changed,
-                        self._password_not_changed)
+        self.ask(partial(self.chat.change_password, old, new), self._password_changed,
+                 self._password_not_changed)
 
     def _password_not_changed(self, error: Exception) -> None:
         alert(self, "Password not changed", escape(str(error)))

@@ -118,7 +118,32 @@ class Answer:
         return self.value
 
 
-class Dialog(tk.Toplevel):
+class Timed(tk.Misc):
+    """A widget whose pending after() callbacks are cancelled when it is destroyed
+    (one left behind would fire into a deleted Tcl command and print an error)."""
+
+    _timers: set[str]
+
+    def later(self, delay_ms: int | None, callback: Callable[[], None]) -> str:
+        """Run `callback` after `delay_ms`, or when the loop is next idle (None)."""
+        timers = self.__dict__.setdefault("_timers", set())
+        ident = ""
+
+        def fire() -> None:
+            timers.discard(ident)
+            callback()
+
+        ident = self.after_idle(fire) if delay_ms is None else self.after(delay_ms, fire)
+        timers.add(ident)
+        return ident
+
+    def destroy(self) -> None:
+        for ident in self.__dict__.pop("_timers", set()):
+            self.after_cancel(ident)
+        super().destroy()
+
+
+class Dialog(Timed, tk.Toplevel):
     """A small window over the main one: a message, maybe fields, and buttons.
 
     Return presses the default button, Escape or closing the window answers
@@ -155,7 +180,7 @@ class Dialog(tk.Toplevel):
         self.bind("<Escape>", lambda _: self.answer(None))
         self.protocol("WM_DELETE_WINDOW", lambda: self.answer(None))
         (self.entries[0] if self.entries else self.buttons[buttons[default]]).focus_set()
-        self.after_idle(self._hold_focus)
+        self.later(None, self._hold_focus)
 
     @staticmethod
     def _field(body: ttk.Frame, label: str, secret: bool) -> ttk.Entry:
@@ -256,7 +281,7 @@ class ConnectForm(ttk.Frame):
             self.entries["Password"].focus_set()
 
 
-class Conversation(ttk.Frame):
+class Conversation(Timed, ttk.Frame):
     """One scrolling list of lines: the room, or private messages with one person."""
 
     def __init__(self, parent: tk.Misc, peer: str | None) -> None:
@@ -264,7 +289,7 @@ class Conversation(ttk.Frame):
         self.peer = peer  # None for the room
         self.title = f"@{escape(peer)}" if peer else "# room"
         self.unread = 0
-        self._settling: str | None = None
+        self._settling = False
         self._following = True
         self.text = tk.Text(self, wrap="word", state="disabled", font="TkFixedFont",
                             relief="flat", padx=8, pady=6, width=72, height=22, takefocus=0)
@@ -278,12 +303,13 @@ class Conversation(ttk.Frame):
     def add(self, fragments: Fragments) -> None:
         if not fragments:
             return
-        if self._settling is None:
+        if not self._settling:
             # Asking where the view is, or moving it, lays the text out again: once
             # per line that is most of the cost of a flood. So it is done once per
             # batch, when the event loop is next idle.
             self._following = self.text.yview()[1] >= 1.0  # reading older lines?
-            self._settling = self.after_idle(self._settle)
+            self._settling = True
+            self.later(None, self._settle)
         self.text.configure(state="normal")
         for style, text in fragments:
             self.text.insert("end", text, (style.removeprefix("class:"),) if style else ())
@@ -291,7 +317,7 @@ class Conversation(ttk.Frame):
         self.text.configure(state="disabled")
 
     def _settle(self) -> None:
-        self._settling = None
+        self._settling = False
         lines = int(self.text.index("end-1c").split(".")[0]) - 1
         if lines > SCROLLBACK_LINES:
             self.text.configure(state="normal")
@@ -299,11 +325,6 @@ class Conversation(ttk.Frame):
             self.text.configure(state="disabled")
         if self._following:
             self.text.see("end")
-
-    def destroy(self) -> None:
-        if self._settling is not None:
-            self.after_cancel(self._settling)
-        super().destroy()
 
     def note(self, text: str, style: str = "class:notice") -> None:
         self.add([(style, text)])
