@@ -46,6 +46,7 @@ CONNECT_TIMEOUT_S = 10.0
 REPLY_TIMEOUT_S = 15.0
 SEND_TIMEOUT_S = 30.0
 MAX_FRAME_BYTES = 1024 * 1024  # the server's frames are small; this only bounds a rogue one
+SILENCE_S = 75.0
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
 
@@ -114,6 +115,10 @@ class ClientOptions:
     insecure: bool = False
     known_servers: Path = field(default_factory=default_known_servers)
     timeout: float = CONNECT_TIMEOUT_S
+    # Silence from the server after which a session pings it, and, as long
+    # again without an answer, counts the link as lost (a laptop that slept,
+    # a network that changed): the server itself pings after 60 s.
+    silence_s: float = SILENCE_S
 
 
 Confirm = Callable[[str, str], bool]  # (host:port, fingerprint) -> trust it?
@@ -199,6 +204,8 @@ def _connect(options: ClientOptions) -> socket.socket:
     except OSError as e:
         reason = e.strerror or str(e)
         raise ClientError(f"cannot connect to {options.host}:{options.port}: {reason}") from None
+    except (UnicodeError, ValueError):  # "chat..example.org": no name can be made of it
+        raise ClientError(f"{options.host!r} is not a host name or address") from None
 
 
 def _handshake(options: ClientOptions, context: ssl.SSLContext) -> TLSTransport:
@@ -216,8 +223,7 @@ def _open_tls(options: ClientOptions, confirm: Confirm | None) -> Link:
     where = f"{options.host}:{options.port}"
     try:
         if options.cafile or not (options.insecure or options.fingerprint):
-            pinned = None if options.cafile else \
-                KnownServers(options.known_servers).get(options.host, options.port)
+            pinned = None if options.cafile else _pinned(options)
             if pinned is None:
                 return _open_verified(options, confirm)
             return _open_pinned(options, pinned, where, pinned=True)
@@ -230,6 +236,14 @@ def _open_tls(options: ClientOptions, confirm: Confirm | None) -> Link:
             raise TrustError(f"the certificate of {where} does not verify: "
                              f"{e.verify_message}") from None
         raise ClientError(f"TLS with {where} failed: {e}") from None
+
+
+def _pinned(options: ClientOptions) -> str | None:
+    try:
+        return KnownServers(options.known_servers).get(options.host, options.port)
+    except (OSError, ValueError) as e:
+        raise ClientError(f"cannot read the known-servers file {options.known_servers}: "
+                          f"{getattr(e, 'strerror', None) or e}") from None
 
 
 def _open_verified(options: ClientOptions, confirm: Confirm | None) -> Link:
@@ -462,8 +476,20 @@ class Chat:
         """Deliver frames until the link drops; a final reason if the server gave one."""
         link = self._link
         assert link is not None
+        pinged = False
         try:
-            while (frame := link.read()) is not None:
+            while True:
+                try:
+                    frame = link.read(self.options.silence_s)
+                except TimeoutError:
+                    if pinged:
+                        break  # no answer either: the link is dead, though TCP does not know
+                    link.send(protocol.ping())
+                    pinged = True
+                    continue
+                if frame is None:
+                    break
+                pinged = False
                 final = self._handle(link, frame)
                 if final is not None:
                     return final
@@ -508,9 +534,16 @@ class Chat:
                     return False
                 if isinstance(e.retry_after, (int, float)):
                     delay = max(delay, float(e.retry_after))
+            except TrustError as e:  # a changed certificate: say why, never retry it
+                self._end(str(e))
+                return False
             except (ClientError, OSError, TimeoutError) as e:
                 log.debug("reconnect failed: %s", e)
             else:
+                if self._closing:  # close() came while we connected: it saw no link
+                    self._link.close()
+                    self._link = None
+                    return False
                 self.on_event(Notice("back", "reconnected"))
                 self.on_event(self.welcome)
                 return True

@@ -95,15 +95,20 @@ def _error(frame: dict[str, Any], me: str) -> Fragments:
     return [("class:error", f"!!! {escape(describe_error(frame))}")]
 
 
+def _users(frame: dict[str, Any]) -> list[Any]:
+    users = frame.get("users")
+    return users if isinstance(users, list) else []
+
+
 def _welcome(frame: dict[str, Any], me: str) -> Fragments:
-    users = ", ".join(escape(str(u)) for u in frame.get("users", []))
+    users = ", ".join(escape(str(u)) for u in _users(frame))
     return [("class:notice", f"*** logged in as {_name(frame, 'username')} "
                              f"({escape(str(frame.get('role', '')))}); online: {users}")]
 
 
 def _who(frame: dict[str, Any], me: str) -> Fragments:
     people = []
-    for user in frame.get("users", []):
+    for user in _users(frame):
         name = escape(str(user.get("username", "?"))) if isinstance(user, dict) else "?"
         admin = isinstance(user, dict) and user.get("role") == "admin"
         people.append(f"{name} (admin)" if admin else name)

@@ -451,8 +451,8 @@ def direct_message(msg_id: int, sender: str, to: str, text: str, ts: str) -> dic
     return {"type": "dm", "id": msg_id, "from": sender, "to": to, "text": text, "ts": ts}
 
 
-def join(username: str) -> dict[str, Any]:
-    return {"type": "join", "username": username}
+def join(username: str, role: str) -> dict[str, Any]:
+    return {"type": "join", "username": username, "role": role}
 
 
 def leave(username: str, reason: str) -> dict[str, Any]:

@@ -237,7 +237,7 @@ class Room:
             first = not sessions
             sessions.append(member)
             if first:  # before following the feed: nobody is told of their own join
-                self._broadcast(protocol.encode(protocol.join(member.username)))
+                self._broadcast(protocol.encode(protocol.join(member.username, member.role)))
             member.outbox.follow(self.feed)
             member.deliver(welcome(self._usernames()))
             return True

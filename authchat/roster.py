@@ -21,17 +21,18 @@ class Roster:
     def apply(self, frame: dict[str, Any]) -> bool:
         """Take in one server frame; True if the list changed."""
         kind = frame.get("type")
+        users = frame.get("users")
+        users = users if isinstance(users, list) else []  # a broken server's frame: no one
         if kind == "welcome":
-            return self._replace([(name, self.role(str(name)))
-                                  for name in frame.get("users", [])])
+            return self._replace([(name, self.role(str(name))) for name in users])
         if kind == "who":
             return self._replace([(user.get("username"), user.get("role", UNKNOWN_ROLE))
-                                  for user in frame.get("users", []) if isinstance(user, dict)])
+                                  for user in users if isinstance(user, dict)])
         name = frame.get("username")
         if not isinstance(name, str):
             return False
         if kind == "join" and name.casefold() not in self._people:
-            self._people[name.casefold()] = (name, UNKNOWN_ROLE)
+            self._people[name.casefold()] = (name, str(frame.get("role", UNKNOWN_ROLE)))
             return True
         if kind == "leave":
             return self._people.pop(name.casefold(), None) is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -12,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from authchat.client import Chat, ClientOptions, Notice, ServerError, describe_error
+from authchat.client import Chat, ClientError, ClientOptions, Notice, ServerError, \
+    describe_error, open_link
 from authchat.tls import CERT_FILENAME, KnownServers
 
 from conftest import GOOD_PASSWORD, cli_env
-from helpers import Client, ServerProcess, add_user, run_in_pty, start_server
+from helpers import Client, ServerProcess, add_user, eventually, run_in_pty, start_server
 
 OTHER_PASSWORD = "an entirely different phrase"
 
@@ -333,3 +335,130 @@ def test_a_reconnect_after_a_password_change_uses_the_new_password(tmp_path: Pat
     finally:
         chat.close()
         server.shutdown()
+
+
+def next_event(events: queue.SimpleQueue[Any], wanted: Any, timeout: float = 20) -> Any:
+    """The first event `wanted(event)` accepts; fails on an ended session before it."""
+    while True:
+        event = events.get(timeout=timeout)
+        if wanted(event):
+            return event
+        assert not (isinstance(event, Notice) and event.kind == "ended"), event
+
+
+def is_notice(kind: str) -> Any:
+    return lambda event: isinstance(event, Notice) and event.kind == kind
+
+
+class ScriptedServer:
+    """A listening socket on loopback that plays a server by hand, frame by frame."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.listener = socket.create_server(("127.0.0.1", port))
+        self.listener.settimeout(20)
+        self.port = self.listener.getsockname()[1]
+        self.peer: socket.socket | None = None
+        self.reader: Any = None
+
+    def accept(self) -> None:
+        self.peer, _ = self.listener.accept()
+        self.peer.settimeout(20)
+        self.reader = self.peer.makefile("rb")
+
+    def send(self, frame: dict[str, Any]) -> None:
+        assert self.peer is not None
+        self.peer.sendall(json.dumps(frame).encode() + b"\n")
+
+    def recv(self) -> dict[str, Any] | None:
+        line = self.reader.readline()
+        return json.loads(line) if line else None
+
+    def greet_and_welcome(self) -> None:
+        self.send({"type": "hello", "protocol": 1, "server": "scripted", "tls": False})
+        assert (self.recv() or {}).get("type") == "login"
+        self.send({"type": "welcome", "username": "alice", "role": "user", "users": ["alice"]})
+
+    def let_in(self) -> None:
+        self.accept()
+        self.greet_and_welcome()
+
+    def close(self) -> None:
+        for sock in (self.peer, self.listener):
+            if sock is not None:
+                sock.close()
+
+
+def test_a_silent_link_is_pinged_then_counted_as_lost(tmp_path: Path) -> None:
+    server = ScriptedServer()
+    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    options = ClientOptions(port=server.port, tls=False, known_servers=tmp_path / "known",
+                            silence_s=0.3)
+    chat = Chat(options, "alice", GOOD_PASSWORD, events.put)
+    try:
+        server_side = threading.Thread(target=server.let_in, daemon=True)
+        server_side.start()
+        chat.start()
+        server_side.join(10)
+        assert server.recv() == {"type": "ping"}  # silence: the client asks
+        next_event(events, is_notice("lost"))     # no answer: the link is dead
+        next_event(events, is_notice("reconnecting"))
+    finally:
+        chat.close()
+        server.close()
+
+
+def test_closing_while_a_reconnect_logs_in_leaves_no_session(tmp_path: Path) -> None:
+    home = tmp_path / "server"
+    real = start_server(home)
+    add_user(real, "alice")
+    port = real.address[1]
+    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    chat = Chat(ClientOptions(port=port, tls=False, known_servers=tmp_path / "known"),
+                "alice", GOOD_PASSWORD, events.put)
+    chat.start()
+    real.shutdown()
+    scripted = ScriptedServer(port)  # the reconnect will reach this one
+    closer = threading.Thread(target=chat.close)
+    try:
+        next_event(events, is_notice("reconnecting"))
+        scripted.accept()  # the reconnect is in progress, waiting for a hello
+        closer.start()
+        assert eventually(lambda: chat._closing)  # close() found no link to close
+        scripted.greet_and_welcome()  # ...and then the login succeeds after all
+        assert scripted.recv() in (None, {"type": "quit"})  # which the client ends
+        closer.join(10)
+        assert chat.ended.is_set() and chat._link is None
+    finally:
+        scripted.close()
+
+
+def test_a_changed_certificate_at_reconnect_ends_the_session_with_why(tmp_path: Path) -> None:
+    first = start_server(tmp_path / "first", tls__enabled=True)
+    add_user(first, "alice")
+    port = first.address[1]
+    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    options = ClientOptions(port=port, fingerprint=first.fingerprint,
+                            known_servers=tmp_path / "known")
+    chat = Chat(options, "alice", GOOD_PASSWORD, events.put)
+    chat.start()
+    first.shutdown()
+    impostor = start_server(tmp_path / "impostor", tls__enabled=True, server__port=port)
+    add_user(impostor, "alice")
+    try:
+        ended = events.get(timeout=20)
+        while not (isinstance(ended, Notice) and ended.kind == "ended"):
+            ended = events.get(timeout=20)
+        assert "HAS CHANGED" in ended.text and impostor.fingerprint in ended.text
+    finally:
+        chat.close()
+        impostor.shutdown()
+
+
+def test_a_host_that_is_not_a_name_and_an_unreadable_known_servers_file(
+        tmp_path: Path) -> None:
+    with pytest.raises(ClientError, match="is not a host name or address"):
+        open_link(ClientOptions(host="chat..example.org", known_servers=tmp_path / "k"))
+    broken = tmp_path / "known_servers"
+    broken.write_bytes(b"\xff\xfe not text\n")
+    with pytest.raises(ClientError, match="cannot read the known-servers file"):
+        open_link(ClientOptions(port=1, known_servers=broken))

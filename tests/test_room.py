@@ -48,7 +48,7 @@ def test_welcome_comes_first_and_lists_who_is_online() -> None:
     enter(room, alice, bob)
     assert bob.frames[0] == {"type": "welcome", "username": "Bob", "role": "user",
                              "users": ["alice", "Bob"]}
-    assert alice.frames[1] == {"type": "join", "username": "Bob"}
+    assert alice.frames[1] == {"type": "join", "username": "Bob", "role": "user"}
     assert bob.types() == ["welcome"]  # no join for yourself
 
 

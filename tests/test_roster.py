@@ -25,11 +25,13 @@ def test_roles_come_from_who_and_survive_a_new_welcome() -> None:
     roster.apply({"type": "who", "users": [{"username": "alice", "role": "user"},
                                            {"username": "root", "role": "admin"}]})
     assert roster.roles_known() and roster.role("ROOT") == "admin"
-    roster.apply({"type": "join", "username": "bob"})
-    assert not roster.roles_known() and roster.role("bob") == ""
+    roster.apply({"type": "join", "username": "bob", "role": "user"})
+    roster.apply({"type": "join", "username": "old-server-client"})  # no role said
+    assert not roster.roles_known() and roster.role("bob") == "user"
     # After a reconnect the welcome lists names only; roles already learnt stay.
     assert roster.apply({"type": "welcome", "users": ["root", "alice"]})
     assert roster.role("root") == "admin" and "bob" not in roster
+    assert roster.roles_known()
 
 
 def test_odd_frames_change_nothing() -> None:
@@ -39,6 +41,7 @@ def test_odd_frames_change_nothing() -> None:
     assert not roster.apply({"type": "who", "users": ["not a dict", {"role": "admin"},
                                                       {"username": "alice", "role": ""}]})
     assert roster.names() == ["alice"]
+    assert roster.apply({"type": "welcome", "users": 7}) and roster.names() == []
 
 
 def test_the_other_person_in_a_direct_message() -> None:
