@@ -42,7 +42,7 @@ from typing import Any
 
 from authchat.client import ClientOptions
 from authchat.gui import App
-from authchat.gui.widgets import WORK_PER_TICK
+from authchat.gui.threads import WORK_PER_TICK
 from authchat.tls import CERT_FILENAME, fingerprint
 
 from .drivers import account
@@ -123,8 +123,13 @@ def flood(port: int, messages: int, marks: dict[str, float]) -> threading.Thread
 
 def one_run(display: str, server: Authchat, messages: int, per_tick: int,
             workdir: Path) -> dict[str, Any]:
-    beats, marks, flooder = _watch_a_flood(display, server, messages, per_tick, workdir)
-    gc.collect()  # the window's objects die here, on the Tk thread
+    try:
+        beats, marks, flooder = _watch_a_flood(display, server, messages, per_tick, workdir)
+    finally:
+        # The window's objects, which became garbage as the watch returned, are
+        # collected here on the Tk thread (see authchat.gui.collected_here).
+        gc.collect()
+        gc.enable()
     if "shown" not in marks:
         raise RuntimeError(f"the window did not show {messages} messages in {DEADLINE_S} s")
     if flooder is not None:
@@ -141,7 +146,7 @@ def _watch_a_flood(display: str, server: Authchat, messages: int, per_tick: int,
                             known_servers=workdir / "known_servers")
     app = App(root, options, account(0), reconnect=False, work_per_tick=per_tick)
     assert app.form is not None
-    app.form.password.set(BENCH_PASSWORD)
+    app.form.entries["Password"].insert(0, BENCH_PASSWORD)
     app.form.submit()
     beats: list[float] = []
     marks: dict[str, float] = {}
@@ -180,6 +185,7 @@ def _watch_a_flood(display: str, server: Authchat, messages: int, per_tick: int,
     root.mainloop()
     app.quit()
     app.wait_closed()
+    gc.disable()  # not during the watch, which should see collections as they come
     return beats, marks, state.get("flooder")
 
 

@@ -8,9 +8,11 @@ freezes. So:
   thread, in order;
 - everything the network produces (server frames and connection notices from
   the Chat's reader thread, the worker's answers) comes back to the Tk thread
-  as work on one queue, which the Tk thread drains with `after()`, a bounded
-  batch per tick, so that a flood of messages still leaves it time to redraw
-  and to read keys;
+  as plain data in a mailbox, which the Tk thread drains with `after()`, a
+  bounded batch per tick, so that a flood of messages still leaves it time to
+  redraw and to read keys;
+- no other thread holds anything of Tk's, and the window's objects are
+  collected on the Tk thread (threads.py says why);
 - dialogs never run a nested event loop: their answer is a callback, so the
   network keeps flowing while one is open (and a test can press its buttons).
 
@@ -22,23 +24,26 @@ roster.py's.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
+import itertools
 import logging
 import threading
 import tkinter as tk
-import tkinter.font as tkfont
+from collections.abc import Iterator
 from functools import partial
 from tkinter import ttk
 from typing import Any
 
 from ..client import Chat, ClientOptions, Event, ServerError, TrustError
+from ..errors import ErrorCode
 from ..sanitize import escape
 from .chat_window import ChatView
-from .widgets import WORK_PER_TICK, Answer, ConnectForm, Dialog, Inbox, Login, NoDisplay, \
-    Worker, alert
+from .threads import WORK_PER_TICK, Answer, Inbox, Jobs, Mailbox, Worker
+from .widgets import ConnectForm, Dialog, Login, NoDisplay, alert
 
-__all__ = ["App", "NoDisplay", "run"]
+__all__ = ["App", "NoDisplay", "collected_here", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +59,20 @@ class App:
         self.options = options
         self.reconnect = reconnect
         self.closed = threading.Event()
-        self.inbox = Inbox(root, work_per_tick)  # the benchmark varies the batch
-        self.worker = Worker(self.inbox)
+        self.mailbox = Mailbox()
+        self.worker = Worker(self.mailbox)
+        self.inbox = Inbox(root, self.mailbox, work_per_tick)  # the benchmark varies it
+        self.inbox.handlers.update(event=self._network_event, trust=self._ask_trust)
+        self.jobs = Jobs(self.inbox, self.worker)
         self.chat: Chat | None = None
         self.view: ChatView | None = None
         self.form: ConnectForm | None = None
-        self._connecting: Chat | None = None
+        self._numbers = itertools.count(1)
+        self._chat_number = 0
+        self._connecting: tuple[int, Chat] | None = None
         self._early: list[Event] = []  # what the reader said before the view was up
         self._closers: list[threading.Thread] = []
-        self._fonts = _look(root)  # named fonts live only as long as their objects
+        _look(root)
         root.title("authchat")
         root.protocol("WM_DELETE_WINDOW", self.quit)
         root.report_callback_exception = self._report
@@ -97,30 +107,19 @@ class App:
 
     def connect(self, login: Login) -> None:
         """Start logging in on the worker; the form waits, the window does not."""
-        assert self.form is not None
-        self.options = dataclasses.replace(self.options, host=login.host, port=login.port,
-                                           tls=login.tls)
-        chat = Chat(self.options, login.username, login.password, lambda _: None,
-                    confirm=self._confirm_trust, reconnect=self.reconnect,
-                    register_first=login.create, login_if_taken=False)
-        chat.on_event = partial(self._from_network, chat)
-        self._connecting, self._early = chat, []
+        if self.form is None or self._connecting is not None:
+            return
+        self.options = _options_for(self.options, login)
+        number = next(self._numbers)
+        # Only the mailbox, an Event and plain values go to other threads.
+        chat = Chat(self.options, login.username, login.password,
+                    partial(self.mailbox.post, "event", number),
+                    confirm=partial(_confirm_trust, self.mailbox, self.closed),
+                    reconnect=self.reconnect, register_first=login.create, login_if_taken=False)
+        self._connecting, self._early = (number, chat), []
         self.form.busy(f"Connecting to {escape(login.host)}:{login.port}…")
-        self.worker.run(partial(self._start, chat), partial(self._logged_in, chat),
-                        partial(self._not_logged_in, chat))
-
-    def _start(self, chat: Chat) -> dict[str, Any]:
-        """Log in (on the worker); a session the window closed meanwhile says goodbye."""
-        welcome = chat.start()
-        if self.closed.is_set():
-            chat.close()
-        return welcome
-
-    def _confirm_trust(self, where: str, seen: str) -> bool:
-        """Trust on first use, asked in a dialog; runs on the worker thread."""
-        answer = Answer()
-        self.inbox.put(partial(self._ask_trust, where, seen, answer))
-        return answer.wait(self.closed)
+        self.jobs.run(chat.start, partial(self._logged_in, number, chat),
+                      partial(self._not_logged_in, number))
 
     def _ask_trust(self, where: str, seen: str, answer: Answer) -> None:
         Dialog(self.root, "Trust this server?",
@@ -131,41 +130,36 @@ class App:
                ["Cancel", "Trust"], lambda button, _: answer.give(button == "Trust"),
                detail=seen, tone="warning")
 
-    def _logged_in(self, chat: Chat, _: object) -> None:
-        if chat is not self._connecting:  # the window closed meanwhile
-            self._close_in_background(chat)
-            return
+    def _logged_in(self, number: int, chat: Chat, welcome: dict[str, Any]) -> None:
         self._connecting = None
         if self.form is not None:
-            _discard(self.form)
+            self.form.destroy()
             self.form = None
-        self.chat = chat
-        self.view = ChatView(self.root, chat, self.worker, log_out=self.log_out, quit=self.quit)
+        self.chat, self._chat_number = chat, number
+        self.view = ChatView(self.root, chat, self.jobs, log_out=self.log_out, quit=self.quit)
         self.view.pack(fill="both", expand=True)
         self.root.title(f"authchat: {escape(chat.username)} @ {escape(chat.options.host)}")
-        for event in [chat.welcome, *self._early]:
+        for event in [welcome, *self._early]:
             self.view.show(event)
         self._early = []
 
-    def _not_logged_in(self, chat: Chat, error: Exception) -> None:
-        if chat is not self._connecting or self.form is None:
-            return
+    def _not_logged_in(self, number: int, error: Exception) -> None:
         self._connecting = None
+        if self.form is None:
+            return
         self.form.busy(None)
+        if isinstance(error, ServerError) and error.code_text == ErrorCode.BAD_CREDENTIALS:
+            self.form.forget_password()
         title = "Could not log in" if isinstance(error, ServerError) else \
             "Server not trusted" if isinstance(error, TrustError) else "Could not connect"
         alert(self.root, title, escape(str(error)))
 
     # -- while logged in -----------------------------------------------------
 
-    def _from_network(self, chat: Chat, event: Event) -> None:
-        """Called on the Chat's reader thread: hand the event to the Tk thread."""
-        self.inbox.put(partial(self._network_event, chat, event))
-
-    def _network_event(self, chat: Chat, event: Event) -> None:
-        if chat is self._connecting:
+    def _network_event(self, number: int, event: Event) -> None:
+        if self._connecting is not None and number == self._connecting[0]:
             self._early.append(event)
-        elif chat is self.chat and self.view is not None:
+        elif number == self._chat_number and self.view is not None:
             self.view.show(event)
 
     def log_out(self) -> None:
@@ -174,14 +168,19 @@ class App:
         if chat is None:
             return
         self._close_in_background(chat)
+        self._chat_number = 0
         if self.view is not None:
-            _discard(self.view)
+            self.view.destroy()
             self.view = None
         self._show_form(chat.username)
 
     def quit(self) -> None:
-        self.closed.set()
-        self._connecting = None
+        self.closed.set()  # a trust question still open is answered "no"
+        if self._connecting is not None:
+            # Its login is on the worker; the worker is serial, so this goodbye
+            # comes after it, whichever way the login went.
+            self.jobs.run(self._connecting[1].close, _ignore, _ignore)
+            self._connecting = None
         if self.chat is not None:
             self._close_in_background(self.chat)
             self.chat = None
@@ -196,8 +195,8 @@ class App:
 
     def wait_closed(self, timeout: float = CLOSE_WAIT_S) -> None:
         """Let the goodbyes of closed sessions go out (after the window is gone)."""
-        for closer in self._closers:
-            closer.join(timeout)
+        for thread in [*self._closers, self.worker.thread]:
+            thread.join(timeout)
 
     def _report(self, kind: type[BaseException], error: BaseException, tb: Any) -> None:
         # Our bug, not the user's: keep the window alive and say so once.
@@ -206,35 +205,67 @@ class App:
             self.view.status.configure(text="internal error: see the log")
 
 
-def _discard(widget: tk.Misc) -> None:
-    """Destroy a widget and collect its Python side here, on the Tk thread.
+def _options_for(options: ClientOptions, login: Login) -> ClientOptions:
+    """The options for what the form says. A fingerprint given on the command
+    line pins the server it was given for, not one typed in instead."""
+    moved = (login.host, login.port) != (options.host, options.port)
+    return dataclasses.replace(options, host=login.host, port=login.port, tls=login.tls,
+                               fingerprint=None if moved else options.fingerprint)
 
-    Tk objects must die on the thread that made them: a Tcl variable or
-    interpreter freed by a garbage collection that happens to run on a
-    network thread aborts the process. So garbage that holds them is
-    collected at once, where it is safe.
+
+def _confirm_trust(mailbox: Mailbox, abandoned: threading.Event, where: str,
+                   seen: str) -> bool:
+    """Trust on first use, asked in a dialog; runs on the worker thread."""
+    answer = Answer()
+    mailbox.post("trust", where, seen, answer)
+    return answer.wait(abandoned)
+
+
+def _ignore(_: object) -> None:
+    pass
+
+
+@contextlib.contextmanager
+def collected_here() -> Iterator[None]:
+    """Let go of a window's objects inside this block, on the Tk thread.
+
+    The window's objects refer to each other, so they die in a garbage
+    collection, and the thread that runs it is the one that happens to
+    allocate at the time; if it is not the Tk thread, Tcl aborts the process.
+    So no collection runs while the last references go, and then one runs here.
     """
-    widget.destroy()
-    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.collect()
+        if was_enabled:
+            gc.enable()
 
 
-def _look(root: tk.Tk) -> list[tkfont.Font]:
-    """A clean theme, and the fonts the text tags name (keep them: they are
-    deleted with their Python objects)."""
+def _look(root: tk.Tk) -> None:
+    """A clean theme, and the fonts the text tags name."""
     style = ttk.Style(root)
     if "clam" in style.theme_names():
         style.theme_use("clam")
     root.configure(background=style.lookup("TFrame", "background"))
-    base = tkfont.nametofont("TkDefaultFont").actual()
-    fixed = tkfont.nametofont("TkFixedFont").actual()
+    base = _font(root, "TkDefaultFont")
+    fixed = _font(root, "TkFixedFont")
     root.geometry("960x620")
     root.minsize(640, 420)
-    return [tkfont.Font(root, name="AuthchatHeading", family=base["family"],
-                        size=base["size"] + 4, weight="bold"),
-            tkfont.Font(root, name="AuthchatBold", family=fixed["family"],
-                        size=fixed["size"], weight="bold"),
-            tkfont.Font(root, name="AuthchatItalic", family=fixed["family"],
-                        size=fixed["size"], slant="italic")]
+    # Made in Tcl, not as tkinter.font.Font objects, which delete their font when
+    # they are freed (see collected_here).
+    for name, family, size, look in [
+            ("AuthchatHeading", base["family"], base["size"] + 4, ["-weight", "bold"]),
+            ("AuthchatBold", fixed["family"], fixed["size"], ["-weight", "bold"]),
+            ("AuthchatItalic", fixed["family"], fixed["size"], ["-slant", "italic"])]:
+        root.tk.call("font", "create", name, "-family", family, "-size", size, *look)
+
+
+def _font(root: tk.Tk, name: str) -> dict[str, Any]:
+    described = root.tk.splitlist(root.tk.call("font", "actual", name))
+    return {str(key).lstrip("-"): value for key, value in zip(described[::2], described[1::2])}
 
 
 def run(options: ClientOptions, username: str = "") -> int:
@@ -251,6 +282,6 @@ def run(options: ClientOptions, username: str = "") -> int:
     app = App(root, options, username)
     root.mainloop()
     app.wait_closed()
-    del app, root
-    gc.collect()  # the window's objects die here, on the Tk thread (see _discard)
+    with collected_here():
+        del app, root
     return 0

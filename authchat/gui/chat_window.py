@@ -20,25 +20,25 @@ from ..commands import HELP, Local, Mistake, Send, moderate, parse, who
 from ..display import CONNECTION_STATE, render
 from ..roster import Roster, dm_peer
 from ..sanitize import escape
-from .widgets import TONES, Conversation, Dialog, Timed, Worker, alert
+from .threads import Jobs
+from .widgets import TONES, Conversation, Dialog, Timed, alert
 
-WHO_DELAY_MS = 500  # the roles of people who joined are asked for in one `who`
 Reply = dict[str, Any]
 
 
 class ChatView(Timed, ttk.Frame):
     """Everything shown while logged in, for one Chat."""
 
-    def __init__(self, parent: tk.Misc, chat: Chat, worker: Worker, *,
+    def __init__(self, parent: tk.Misc, chat: Chat, jobs: Jobs, *,
                  log_out: Callable[[], None], quit: Callable[[], None]) -> None:
         super().__init__(parent)
-        self.chat, self.worker = chat, worker
+        self.chat, self.jobs = chat, jobs
         self._log_out, self._quit = log_out, quit
         self.me = chat.username
         self.role = str(chat.welcome.get("role", "user"))
         self.roster = Roster()
         self.listed: list[str] = []  # the names in the user list, in its order
-        self._who_asked = False
+        self._listing = False
         self.conversations: dict[str, Conversation] = {}
         self._build()
         self.open_conversation(None)
@@ -82,17 +82,24 @@ class ChatView(Timed, ttk.Frame):
         bar.pack(fill="x", side="bottom")
         self.status = ttk.Label(bar, text="connected")
         self.status.pack(side="left", padx=(0, 24))
-        options = self.chat.options
-        self.fingerprint = self.chat.fingerprint or "?"
-        if options.tls:
-            security, tone = f"TLS, SHA-256 {self.fingerprint[:23]}…", "info"
-        else:
-            security, tone = "NOT ENCRYPTED", "error"
-        where = f"{escape(self.me)} @ {escape(options.host)}:{options.port}"
-        self.security = ttk.Label(bar, text=f"{where}   {security}", foreground=TONES[tone],
-                                  cursor="hand2")
+        self.security = ttk.Label(bar, cursor="hand2")
         self.security.pack(side="right")
         self.security.bind("<Button-1>", lambda _: self.show_security())
+        self.fingerprint = ""
+        self._show_security_state()
+
+    def _show_security_state(self) -> None:
+        """Who, where, and how safe, from the link in use now."""
+        options = self.chat.options
+        self.fingerprint = self.chat.fingerprint or self.fingerprint or "?"
+        if not options.tls:
+            security, tone = "NOT ENCRYPTED", "error"
+        elif options.insecure and not options.fingerprint and not options.cafile:
+            security, tone = "TLS, NOT VERIFIED", "error"
+        else:
+            security, tone = f"TLS, SHA-256 {self.fingerprint[:23]}…", "info"
+        where = f"{escape(self.me)} @ {escape(options.host)}:{options.port}"
+        self.security.configure(text=f"{where}   {security}", foreground=TONES[tone])
 
     def show_security(self) -> Dialog:
         """The whole fingerprint, copyable, to check against the operator's."""
@@ -154,13 +161,12 @@ class ChatView(Timed, ttk.Frame):
         if isinstance(event, Notice):
             self._notice(event)
             return
-        if self.roster.apply(event):
-            self._list_users()
+        if self.roster.apply(event) and not self._listing:
+            self._listing = True  # once a batch, however many joined: 2,000 at a restart
+            self.later(None, self._list_users)
         kind = event.get("type")
         if kind == "welcome":
             self._welcomed(event)
-        elif kind == "join" and not self.roster.roles_known():
-            self._ask_roles_soon()
         fragments = render(event, self.me)
         room = self.conversations[""]
         if kind == "dm":
@@ -179,7 +185,7 @@ class ChatView(Timed, ttk.Frame):
         self.me = str(welcome.get("username", self.me))
         self.role = str(welcome.get("role", self.role))
         self.status.configure(text="connected", foreground=TONES["info"])
-        self.entry.configure(state="normal")
+        self._show_security_state()  # after a reconnect, the new link's
         self._ask_roles()
 
     def _notice(self, notice: Notice) -> None:
@@ -202,6 +208,7 @@ class ChatView(Timed, ttk.Frame):
     # -- the user list ---------------------------------------------------------
 
     def _list_users(self) -> None:
+        self._listing = False
         self.listed = self.roster.names()
         self.users.delete(0, "end")
         for name in self.listed:
@@ -210,17 +217,12 @@ class ChatView(Timed, ttk.Frame):
             self.users.insert("end", escape(name) + (f" ({', '.join(marks)})" if marks else ""))
         self.online.configure(text=f"Online: {len(self.listed)}")
 
-    def _ask_roles_soon(self) -> None:
-        if not self._who_asked:
-            self._who_asked = True
-            self.later(WHO_DELAY_MS, self._ask_roles)
-
     def _ask_roles(self) -> None:
-        self._who_asked = True
-        self.request(who(), self._got_roles, lambda _: self._got_roles({}))
+        """The welcome names who is online; one `who` says who of them are admins
+        (joins say it themselves). It costs one request of the rate limit."""
+        self.request(who(), self._got_roles, lambda _: None)
 
     def _got_roles(self, reply: Reply) -> None:
-        self._who_asked = False
         if self.roster.apply(reply):
             self._list_users()
 
@@ -277,6 +279,8 @@ class ChatView(Timed, ttk.Frame):
         return "break"
 
     def send_typed(self) -> None:
+        if self.chat.ended.is_set():  # the server ended the session: nothing goes out
+            return
         typed = self.entry.get("1.0", "end-1c")
         conversation = self.current()
         command = parse(typed, talking_to=conversation.peer)
@@ -285,7 +289,7 @@ class ChatView(Timed, ttk.Frame):
         self.entry.delete("1.0", "end")
         if isinstance(command, Mistake):
             conversation.note(command.hint, "class:error")
-            self._put_back(typed)
+            self._put_back(conversation, typed)
         elif isinstance(command, Local):
             self._local(command.name, conversation)
         elif isinstance(command, Send):
@@ -311,23 +315,34 @@ class ChatView(Timed, ttk.Frame):
         def if_shown(then: Callable[[Any], None], result: Any) -> None:
             if self.winfo_exists():
                 then(result)
-        self.worker.run(call, partial(if_shown, done), partial(if_shown, failed))
+        self.jobs.run(call, partial(if_shown, done), partial(if_shown, failed))
 
     def _answered(self, conversation: Conversation, typed: str, reply: Reply) -> None:
-        if reply.get("type") == "error":
-            self._put_back(typed)
-        elif reply.get("type") == "who" and self.roster.apply(reply):
-            self._list_users()
+        conversation = self._still_open(conversation)
         if reply.get("type") != "ok":
             conversation.add(render(reply, self.me))
+        if reply.get("type") == "error":
+            self._put_back(conversation, typed)
+        elif reply.get("type") == "who" and self.roster.apply(reply):
+            self._list_users()
 
     def _failed(self, conversation: Conversation, typed: str, error: Exception) -> None:
+        conversation = self._still_open(conversation)
         conversation.note(f"!!! not sent: {escape(str(error))}", "class:error")
-        self._put_back(typed)
+        self._put_back(conversation, typed)
 
-    def _put_back(self, typed: str) -> None:
-        """Return a line that did not go out to the input box, unless something new is there."""
-        if typed and not self.entry.get("1.0", "end-1c"):
+    def _still_open(self, conversation: Conversation) -> Conversation:
+        """The conversation, or the room if its tab was closed meanwhile."""
+        return conversation if conversation.winfo_exists() else self.conversations[""]
+
+    def _put_back(self, conversation: Conversation, typed: str) -> None:
+        """A line that did not go out goes back in the input box, or, if something
+        new is being typed there, is shown, so that it can be copied."""
+        if not typed:
+            return
+        if self.entry.get("1.0", "end-1c"):
+            conversation.note(f"not sent: {escape(typed)}", "class:error")
+        else:
             self.entry.insert("1.0", typed)
 
     # -- password --------------------------------------------------------------

@@ -1,27 +1,27 @@
-"""The desktop client's parts: the Tk-thread plumbing, dialogs, the connect
-form and a conversation's scrolling list. See the package docstring for why
-the plumbing looks the way it does.
+"""The desktop client's parts: timers that die with their widget, dialogs, the
+connect form and a conversation's scrolling list.
+
+None of them owns a Python tk.Variable, Font or Image: those call Tcl when
+they are freed, and the garbage collector may free them on any thread
+(see threads.py for why that must not happen).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import queue
-import threading
 import tkinter as tk
 from collections.abc import Callable, Sequence
 from functools import partial
 from tkinter import ttk
-from typing import Any, TypeVar
+from typing import Any
 
 from ..client import ClientOptions
 from ..display import Fragments
 from ..errors import AuthchatError
 from ..sanitize import escape
 
-POLL_MS = 15              # how often the Tk thread looks for work from the network
-WORK_PER_TICK = 100       # then it redraws and reads keys before taking more
 SCROLLBACK_LINES = 10_000  # per conversation; the oldest lines go first
+LONGEST_MESSAGE_SHOWN = 2000  # characters of server text in a dialog
 
 # display.py's style classes as text tags.
 TAGS: dict[str, dict[str, Any]] = {
@@ -36,86 +36,11 @@ TAGS: dict[str, dict[str, Any]] = {
 }
 TONES = {"info": "", "warning": "#9a6700", "error": "#cf222e"}
 
-T = TypeVar("T")
 Answered = Callable[[str | None, list[str]], None]  # (button or None, field values)
 
 
 class NoDisplay(AuthchatError):
     """There is no screen to open a window on."""
-
-
-class Inbox:
-    """Work for the Tk thread, handed in from any thread and done in order."""
-
-    def __init__(self, root: tk.Misc, per_tick: int = WORK_PER_TICK) -> None:
-        self._root = root
-        self._per_tick = per_tick
-        self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._timer = root.after(POLL_MS, self._drain)
-
-    def put(self, work: Callable[[], None]) -> None:
-        self._work.put(work)
-
-    def _drain(self) -> None:
-        try:
-            for _ in range(self._per_tick):
-                try:
-                    work = self._work.get_nowait()
-                except queue.Empty:
-                    break
-                work()
-        finally:
-            more = not self._work.empty()
-            self._timer = self._root.after(1 if more else POLL_MS, self._drain)
-
-    def stop(self) -> None:
-        """No more draining; what is left is dropped with the window."""
-        self._root.after_cancel(self._timer)
-
-
-class Worker:
-    """One thread for network calls, done in order; answers go back through the inbox."""
-
-    def __init__(self, inbox: Inbox) -> None:
-        self._inbox = inbox
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        threading.Thread(target=self._loop, name="gui-network", daemon=True).start()
-
-    def run(self, call: Callable[[], T], done: Callable[[T], None],
-            failed: Callable[[Exception], None]) -> None:
-        def job() -> None:
-            try:
-                result = call()
-            except (AuthchatError, OSError) as e:
-                self._inbox.put(partial(failed, e))
-            else:
-                self._inbox.put(partial(done, result))
-        self._jobs.put(job)
-
-    def _loop(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            job()
-
-    def stop(self) -> None:
-        self._jobs.put(None)
-
-
-class Answer:
-    """A yes or no that a worker thread waits for and the Tk thread gives."""
-
-    def __init__(self) -> None:
-        self._given = threading.Event()
-        self.value = False
-
-    def give(self, value: bool) -> None:
-        self.value = value
-        self._given.set()
-
-    def wait(self, abandoned: threading.Event) -> bool:
-        while not self._given.wait(0.2):
-            if abandoned.is_set():
-                return False
-        return self.value
 
 
 class Timed(tk.Misc):
@@ -143,7 +68,7 @@ class Timed(tk.Misc):
         super().destroy()
 
 
-class Dialog(Timed, tk.Toplevel):
+class Dialog(tk.Toplevel):
     """A small window over the main one: a message, maybe fields, and buttons.
 
     Return presses the default button, Escape or closing the window answers
@@ -160,6 +85,8 @@ class Dialog(Timed, tk.Toplevel):
         self._on_answer = on_answer
         body = ttk.Frame(self, padding=16)
         body.pack(fill="both", expand=True)
+        if len(message) > LONGEST_MESSAGE_SHOWN:  # a server's words, kept to a screenful
+            message = message[:LONGEST_MESSAGE_SHOWN] + "…"
         self.message = ttk.Label(body, text=message, wraplength=480, justify="left",
                                  foreground=TONES[tone])
         self.message.pack(anchor="w")
@@ -180,7 +107,7 @@ class Dialog(Timed, tk.Toplevel):
         self.bind("<Escape>", lambda _: self.answer(None))
         self.protocol("WM_DELETE_WINDOW", lambda: self.answer(None))
         (self.entries[0] if self.entries else self.buttons[buttons[default]]).focus_set()
-        self.later(None, self._hold_focus)
+        self.bind("<Map>", lambda _: self._hold_focus())
 
     @staticmethod
     def _field(body: ttk.Frame, label: str, secret: bool) -> ttk.Entry:
@@ -193,7 +120,7 @@ class Dialog(Timed, tk.Toplevel):
         try:
             self.grab_set()  # input goes here until it is answered
         except tk.TclError:
-            pass  # not mapped yet, or already gone: it still works, only not modal
+            pass  # another application holds a grab: it still works, only not modal
 
     def answer(self, button: str | None) -> None:
         values = [entry.get() for entry in self.entries]
@@ -212,7 +139,7 @@ class Login:
     host: str
     port: int
     username: str
-    password: str
+    password: str = dataclasses.field(repr=False)
     create: bool
     tls: bool
 
@@ -224,23 +151,16 @@ class ConnectForm(ttk.Frame):
                  submit: Callable[[Login], None]) -> None:
         super().__init__(parent, padding=32)
         self._submit_to = submit
-        self.host = tk.StringVar(self, options.host)
-        self.port = tk.StringVar(self, str(options.port))
-        self.username = tk.StringVar(self, username)
-        self.password = tk.StringVar(self)
-        self.create = tk.BooleanVar(self, False)
-        self.tls = tk.BooleanVar(self, options.tls)
+        self._busy = False
         ttk.Label(self, text="Connect to an authchat server", font="AuthchatHeading").grid(
             row=0, column=0, columnspan=2, sticky="w", pady=(0, 16))
-        self.entries = {label: self._row(row, label, variable, secret)
-                        for row, (label, variable, secret) in enumerate([
-                            ("Server", self.host, False), ("Port", self.port, False),
-                            ("Username", self.username, False),
-                            ("Password", self.password, True)], start=1)}
-        ttk.Checkbutton(self, text="Create a new account", variable=self.create,
-                        command=self._name_button).grid(row=5, column=1, sticky="w", pady=(8, 0))
-        ttk.Checkbutton(self, text="Encrypt the connection (TLS)", variable=self.tls).grid(
-            row=6, column=1, sticky="w")
+        self.entries = {label: self._row(row, label, value, secret)
+                        for row, (label, value, secret) in enumerate([
+                            ("Server", options.host, False), ("Port", str(options.port), False),
+                            ("Username", username, False), ("Password", "", True)], start=1)}
+        self.create = self._box(5, "Create a new account", False)
+        self.create.configure(command=self._name_button)
+        self.tls = self._box(6, "Encrypt the connection (TLS)", options.tls)
         self.button = ttk.Button(self, text="Log in", command=self.submit, default="active")
         self.button.grid(row=7, column=1, sticky="e", pady=(16, 0))
         self.hint = ttk.Label(self, text="", foreground=TONES["error"], wraplength=360)
@@ -248,37 +168,58 @@ class ConnectForm(ttk.Frame):
         first_empty = next((e for e in self.entries.values() if not e.get()), None)
         (first_empty or self.entries["Password"]).focus_set()
 
-    def _row(self, row: int, label: str, variable: tk.StringVar, secret: bool) -> ttk.Entry:
+    def _row(self, row: int, label: str, value: str, secret: bool) -> ttk.Entry:
         ttk.Label(self, text=label).grid(row=row, column=0, sticky="w", padx=(0, 12), pady=3)
-        entry = ttk.Entry(self, textvariable=variable, width=32, show="•" if secret else "")
+        entry = ttk.Entry(self, width=32, show="•" if secret else "")
+        entry.insert(0, value)
         entry.grid(row=row, column=1, sticky="we", pady=3)
         entry.bind("<Return>", lambda _: self.submit())
         entry.bind("<KP_Enter>", lambda _: self.submit())
         return entry
 
+    def _box(self, row: int, text: str, on: bool) -> ttk.Checkbutton:
+        box = ttk.Checkbutton(self, text=text)  # its state is the value: no tk.Variable
+        box.state(["!alternate", "selected" if on else "!selected"])
+        box.grid(row=row, column=1, sticky="w", pady=(8, 0) if row == 5 else 0)
+        return box
+
+    def value(self, label: str) -> str:
+        return str(self.entries[label].get())
+
+    @staticmethod
+    def ticked(box: ttk.Checkbutton) -> bool:
+        return bool(box.instate(["selected"]))
+
     def _name_button(self) -> None:
-        self.button.configure(text="Create account" if self.create.get() else "Log in")
+        self.button.configure(text="Create account" if self.ticked(self.create) else "Log in")
 
     def submit(self) -> None:
-        port = self.port.get().strip()
-        if not port.isdigit() or not 1 <= int(port) <= 65535:
+        if self._busy:  # Enter pressed again while logging in
+            return
+        host, port = self.value("Server").strip(), self.value("Port").strip()
+        username, password = self.value("Username").strip(), self.value("Password")
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
             self.hint.configure(text="The port is a number from 1 to 65535.")
-        elif not self.host.get().strip() or not self.username.get().strip():
+        elif not host or not username:
             self.hint.configure(text="Fill in the server and your username.")
-        elif not self.password.get():
+        elif not password:
             self.hint.configure(text="Type your password.")
         else:
-            self._submit_to(Login(self.host.get().strip(), int(port), self.username.get().strip(),
-                                  self.password.get(), self.create.get(), self.tls.get()))
+            self._submit_to(Login(host, int(port), username, password,
+                                  self.ticked(self.create), self.ticked(self.tls)))
 
     def busy(self, text: str | None) -> None:
         """Lock the form while `text` says what is happening; None unlocks it."""
-        state = ["disabled"] if text is not None else ["!disabled"]
-        for widget in [*self.entries.values(), self.button]:
+        self._busy = text is not None
+        state = ["disabled"] if self._busy else ["!disabled"]
+        for widget in [*self.entries.values(), self.button, self.create, self.tls]:
             widget.state(state)
         self.hint.configure(text=text or "", foreground=TONES["info"])
-        if text is None:
+        if not self._busy:
             self.entries["Password"].focus_set()
+
+    def forget_password(self) -> None:
+        self.entries["Password"].delete(0, "end")
 
 
 class Conversation(Timed, ttk.Frame):
