@@ -7,7 +7,6 @@ the last one runs `authchat gui` as a process and types into it with xdotool.
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import subprocess
@@ -27,7 +26,7 @@ from helpers import Client, add_user, start_server
 
 tk = pytest.importorskip("tkinter", reason="this Python has no tkinter: no desktop client")
 
-from authchat.gui import App  # noqa: E402  (needs tkinter)
+from authchat.gui import App, collected_here  # noqa: E402  (needs tkinter)
 from authchat.gui.chat_window import ChatView  # noqa: E402
 from authchat.gui.widgets import Dialog  # noqa: E402
 from bench.gui import NoScreen, x_display  # noqa: E402  (the benchmark's display, shared)
@@ -144,12 +143,10 @@ def gui(display: str, tmp_path: Path) -> Iterator[Callable[..., Gui]]:
         return window
 
     yield open_gui
-    for window in opened:
-        window.close()
-    # Tk objects must be freed on the thread that made them, not by a collection
-    # that a server or client thread happens to run (see gui._discard).
-    opened.clear()
-    gc.collect()
+    with collected_here():  # the windows' objects die on this thread, the Tk one
+        for window in opened:
+            window.close()
+        opened.clear()
 
 
 def menu_labels(menu: tk.Menu) -> list[str]:

@@ -175,7 +175,8 @@ class ChatView(Timed, ttk.Frame):
             self._arrived(room, fragments)
         else:
             room.add(fragments)
-            peer = self.conversations.get(str(event.get("username", "")).casefold())
+            who = str(event.get("username") or "").casefold()
+            peer = self.conversations.get(who) if who else None
             if peer is not None and kind in ("join", "leave"):
                 peer.add(fragments)
             elif kind == "error" and self.current() is not room:
