@@ -309,6 +309,27 @@ def test_wrong_password_and_taken_name_are_said_plainly(gui: Callable[..., Gui],
     window.wait_for(lambda: "logged in as alice" in window.room(), "the right password works")
 
 
+def test_a_server_name_that_cannot_be_is_said_plainly(gui: Callable[..., Gui],
+                                                     servers: Callable[..., object]) -> None:
+    server = servers()
+    add_user(server, "alice")
+    window = gui(server.address[1], tls=True)
+    form = window.app.form
+    assert form is not None
+    form.entries["Server"].delete(0, "end")
+    form.entries["Server"].insert(0, "chat..example.org")
+    window.log_in()
+    refused = window.dialog("Could not connect")
+    assert "'chat..example.org' is not a host name or address" in refused.message.cget("text")
+    refused.buttons["OK"].invoke()
+    form.entries["Server"].delete(0, "end")
+    form.entries["Server"].insert(0, "127.0.0.1")
+    form.tls.invoke()  # this test server speaks plaintext
+    window.log_in()  # the worker lived through it
+    window.wait_for(lambda: window.app.view is not None and "logged in as alice"
+                    in window.room(), "logged in")
+
+
 def test_enter_twice_creates_the_account_once(gui: Callable[..., Gui],
                                               servers: Callable[..., object]) -> None:
     server = servers()
