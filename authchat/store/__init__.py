@@ -1,4 +1,7 @@
-"""The account store: every SQL statement authchat runs lives in this module.
+"""The store: every SQL statement authchat runs lives in this package.
+
+This module has the connections, transactions and migrations, and the
+accounts, invites and audit log; `messages.py` has the message history.
 
 Threading model. A server thread and admin commands in other processes may
 all use one database file at once, so:
@@ -33,8 +36,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ensure_private_dir
-from .errors import (
+from ..config import Config, ensure_private_dir
+from ..errors import (
     AccountDisabled,
     BadCredentials,
     NoSuchInvite,
@@ -45,10 +48,10 @@ from .errors import (
     StoreBusy,
     UsernameTaken,
 )
-from . import schema
-from .passwords import PasswordHasher, PasswordPolicy
-from .schema import Migration
-from .usernames import validate_username
+from .. import schema
+from ..passwords import PasswordHasher, PasswordPolicy
+from ..schema import Migration
+from ..usernames import validate_username
 
 log = logging.getLogger(__name__)
 
