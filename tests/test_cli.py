@@ -225,10 +225,11 @@ def test_db_status_and_migrate(run_cli: Runner, home: Path) -> None:
     before = run_cli("db", "status", check=True).stdout
     assert "schema version: 0" in before and "0001_initial" in before
     migrated = run_cli("db", "migrate", check=True).stdout
-    assert migrated == "applied 0001_initial\napplied 0002_password_version\nschema version 2\n"
-    assert run_cli("db", "migrate", check=True).stdout == "schema version 2\n"
+    assert migrated == ("applied 0001_initial\napplied 0002_password_version\n"
+                        "applied 0003_messages\nschema version 3\n")
+    assert run_cli("db", "migrate", check=True).stdout == "schema version 3\n"
     after = run_cli("db", "status", check=True).stdout
-    assert "schema version: 2" in after and "pending:        none" in after
+    assert "schema version: 3" in after and "pending:        none" in after
     assert "journal_mode:   wal" in after and "synchronous:    2" in after
     assert f"database:       {home / 'authchat.db'}" in after
 

@@ -1,0 +1,179 @@
+"""The message history: room messages and direct messages, in the store's file.
+
+Writes come in batches (`append`), one transaction each, so that a server
+can commit many messages with one sync of the disk; SQLite assigns the ids,
+and AUTOINCREMENT keeps them strictly increasing across restarts and purges.
+Reads are pages in id order. Pruning deletes in bounded batches, each its
+own short transaction, so that it never holds the write lock long enough to
+stall the messages being written meanwhile.
+
+Names, not account ids: a deleted account's messages stay, under its name.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from . import Store, _audit
+
+MAX_PAGE = 200
+PRUNE_BATCH = 1000
+_COLUMNS = "id, ts, sender, recipient, text"
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message accepted, not yet stored: `recipient` None for the room."""
+
+    ts: str
+    sender: str
+    text: str
+    recipient: str | None = None
+    delivered: bool = True  # False: a DM for someone with no session, kept for them
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    id: int
+    ts: str
+    sender: str
+    recipient: str | None
+    text: str
+
+
+class MessageLog:
+    """Room messages and DMs in the store's database."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def append(self, messages: Sequence[NewMessage]) -> list[StoredMessage]:
+        """Store `messages` in one transaction, in order; returns them with their ids.
+
+        Raises:
+            StoreBusy, StorageError: nothing was stored.
+        """
+        stored = []
+        with self.store.transaction() as conn:
+            for m in messages:
+                cursor = conn.execute(
+                    "INSERT INTO messages (ts, sender, recipient, text, delivered) "
+                    "VALUES (?, ?, ?, ?, ?)", (m.ts, m.sender, m.recipient, m.text,
+                                               int(m.delivered)))
+                assert cursor.lastrowid is not None
+                stored.append(StoredMessage(cursor.lastrowid, m.ts, m.sender, m.recipient,
+                                            m.text))
+        return stored
+
+    def last_id(self) -> int:
+        """The highest id ever given (deleted rows included); 0 before the first."""
+        row = self.store.connection().execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
+        return int(row[0]) if row else 0
+
+    def room_page(self, before: int | None = None,
+                  limit: int = MAX_PAGE) -> tuple[list[StoredMessage], bool]:
+        """Up to `limit` room messages older than `before` (None: the newest),
+        oldest first, and whether there are older ones still."""
+        return self._page("recipient IS NULL", (), before, limit)
+
+    def dm_page(self, account: str, other: str, before: int | None = None,
+                limit: int = MAX_PAGE) -> tuple[list[StoredMessage], bool]:
+        """The same for the direct messages between `account` and `other`, both ways."""
+        return self._page("((sender = ? AND recipient = ?) OR (sender = ? AND recipient = ?))",
+                          (account, other, other, account), before, limit)
+
+    def _page(self, where: str, args: tuple[str, ...], before: int | None,
+              limit: int) -> tuple[list[StoredMessage], bool]:
+        limit = max(1, min(limit, MAX_PAGE))
+        bound = "" if before is None else " AND id < ?"
+        rows = self.store.connection().execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE {where}{bound} ORDER BY id DESC LIMIT ?",
+            (*args, *(() if before is None else (before,)), limit + 1)).fetchall()
+        more = len(rows) > limit
+        return [_message(row) for row in reversed(rows[:limit])], more
+
+    def waiting_for(self, recipient: str) -> list[StoredMessage]:
+        """The DMs kept for `recipient` while they had no session, oldest first."""
+        rows = self.store.connection().execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE recipient = ? AND delivered = 0 "
+            "ORDER BY id", (recipient,)).fetchall()
+        return [_message(row) for row in rows]
+
+    def mark_delivered(self, ids: Sequence[int]) -> None:
+        with self.store.transaction() as conn:
+            conn.executemany("UPDATE messages SET delivered = 1 WHERE id = ?",
+                             [(i,) for i in ids])
+
+    def since(self, ts: str | None = None) -> Iterator[StoredMessage]:
+        """Every message from `ts` on (None: all), oldest first, read in pages."""
+        after = 0
+        conn = self.store.connection()
+        while True:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE id > ? AND ts >= ? ORDER BY id LIMIT ?",
+                (after, ts or "", PRUNE_BATCH)).fetchall()
+            if not rows:
+                return
+            yield from (_message(row) for row in rows)
+            after = rows[-1]["id"]
+
+    def purge_before(self, ts: str, *, actor: str) -> int:
+        """Delete every message older than `ts`, audit-logged; returns how many.
+
+        One transaction, so the purge and its audit row are there, or neither.
+        """
+        with self.store.transaction() as conn:
+            deleted = conn.execute("DELETE FROM messages WHERE ts < ?", (ts,)).rowcount
+            _audit(conn, actor, "history.purge", "messages",
+                   {"before": ts, "deleted": deleted})
+        return deleted
+
+    def prune(self, *, keep_days: float, max_messages: int, now: datetime | None = None,
+              batch: int = PRUNE_BATCH) -> int:
+        """Apply the retention rules (0 turns one off); returns how many went.
+
+        Deletes at most `batch` rows a transaction, oldest first, so that
+        writers wait at most one short batch.
+        """
+        total = 0
+        cutoff = _timestamp((now or datetime.now(UTC)) - timedelta(days=keep_days)) \
+            if keep_days > 0 else ""
+        while True:
+            with self.store.transaction() as conn:
+                last = _prune_bound(conn, cutoff, max_messages)
+                if last is None:
+                    return total
+                deleted = conn.execute(
+                    "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id <= ? "
+                    "ORDER BY id LIMIT ?)", (last, batch)).rowcount
+            total += deleted
+            if deleted < batch:
+                return total
+
+
+def _prune_bound(conn: sqlite3.Connection, cutoff: str, max_messages: int) -> int | None:
+    """The highest id the rules let go, or None if nothing is due."""
+    bounds = []
+    if cutoff:
+        row = conn.execute("SELECT max(id) FROM messages WHERE ts < ?", (cutoff,)).fetchone()
+        if row[0] is not None:
+            bounds.append(int(row[0]))
+    if max_messages > 0:
+        row = conn.execute("SELECT id FROM messages ORDER BY id DESC LIMIT 1 OFFSET ?",
+                           (max_messages,)).fetchone()
+        if row is not None:
+            bounds.append(int(row[0]))
+    return max(bounds) if bounds else None
+
+
+def _timestamp(moment: datetime) -> str:
+    """As messages carry it (ISO-8601 UTC, milliseconds), so that text order is time order."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _message(row: sqlite3.Row) -> StoredMessage:
+    return StoredMessage(row["id"], row["ts"], row["sender"], row["recipient"], row["text"])

@@ -1,0 +1,24 @@
+-- Every room message and direct message the server accepted: the history a
+-- joining user is shown, the pages they ask for, and DMs waiting for a
+-- recipient who was offline.
+--
+-- AUTOINCREMENT: an id is never used twice, even after the newest rows are
+-- purged, so ids stay strictly increasing across restarts.
+-- sender and recipient are names, not user ids: deleting an account keeps its
+-- messages, attributed to the name as it was.
+CREATE TABLE messages (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts         TEXT    NOT NULL,                 -- as sent: ISO-8601 UTC, milliseconds
+    sender     TEXT    NOT NULL COLLATE NOCASE,
+    recipient  TEXT             COLLATE NOCASE,  -- NULL: the room
+    text       TEXT    NOT NULL,
+    -- 0 for a DM stored while its recipient had no session, until it is given
+    -- to them at their next login.
+    delivered  INTEGER NOT NULL DEFAULT 1 CHECK (delivered IN (0, 1))
+);
+
+CREATE INDEX messages_room ON messages (id) WHERE recipient IS NULL;
+CREATE INDEX messages_to ON messages (recipient, id) WHERE recipient IS NOT NULL;
+CREATE INDEX messages_from ON messages (sender, id) WHERE recipient IS NOT NULL;
+CREATE INDEX messages_waiting ON messages (recipient, id) WHERE delivered = 0;
+CREATE INDEX messages_ts ON messages (ts);

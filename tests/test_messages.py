@@ -1,0 +1,132 @@
+"""The message history in a real SQLite file: ids, pages, waiting DMs, retention."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+from authchat.store import Store
+from authchat.store.messages import MAX_PAGE, MessageLog, NewMessage
+
+TS = "2026-11-28T10:00:00.000Z"
+
+
+def says(log: MessageLog, sender: str, *texts: str, ts: str = TS) -> list[int]:
+    return [m.id for m in log.append([NewMessage(ts, sender, text) for text in texts])]
+
+
+def test_ids_are_assigned_in_order_and_never_reused(store: Store) -> None:
+    log = MessageLog(store)
+    assert log.last_id() == 0
+    first = says(log, "alice", "one", "two", "three")
+    assert first == [1, 2, 3] and log.last_id() == 3
+    log.purge_before("9999", actor="test")  # everything, the newest included
+    assert log.room_page() == ([], False)
+    # A new connection, as after a restart: the sequence goes on, never back.
+    fresh = Store(store.path, hasher=store.hasher, policy=store.policy)
+    again = MessageLog(fresh)
+    assert again.last_id() == 3 and says(again, "bob", "four") == [4]
+    fresh.close()
+
+
+def test_a_batch_is_all_or_nothing(store: Store) -> None:
+    log = MessageLog(store)
+    says(log, "alice", "kept")
+    broken = [NewMessage(TS, "bob", "fine"), NewMessage(TS, "bob", None)]  # type: ignore[arg-type]
+    try:
+        log.append(broken)
+    except Exception:
+        pass
+    else:
+        raise AssertionError("a NULL text was stored")
+    assert [m.text for m in log.room_page()[0]] == ["kept"]
+
+
+def test_room_pages_go_back_to_the_first_message(store: Store) -> None:
+    log = MessageLog(store)
+    ids = says(log, "alice", *[f"m{n}" for n in range(450)])
+    log.append([NewMessage(TS, "alice", "private", recipient="bob")])  # not the room's
+    newest, more = log.room_page(limit=50)
+    assert [m.text for m in newest] == [f"m{n}" for n in range(400, 450)] and more
+    seen, before = list(newest), newest[0].id
+    while more:
+        page, more = log.room_page(before=before, limit=1000)  # capped at MAX_PAGE
+        assert 0 < len(page) <= MAX_PAGE
+        seen[:0], before = page, page[0].id
+    assert [m.id for m in seen] == ids
+
+
+def test_direct_messages_page_between_two_people_only(store: Store) -> None:
+    log = MessageLog(store)
+    log.append([NewMessage(TS, "alice", "hi bob", recipient="bob"),
+                NewMessage(TS, "Bob", "hi alice", recipient="ALICE"),
+                NewMessage(TS, "alice", "hi carol", recipient="carol"),
+                NewMessage(TS, "alice", "to the room")])
+    page, more = log.dm_page("ALICE", "bob")
+    assert [(m.sender, m.text) for m in page] == [("alice", "hi bob"), ("Bob", "hi alice")]
+    assert not more
+
+
+def test_dms_kept_for_someone_offline_are_given_once(store: Store) -> None:
+    log = MessageLog(store)
+    log.append([NewMessage(TS, "alice", "while you were out", recipient="bob", delivered=False),
+                NewMessage(TS, "alice", "seen live", recipient="bob"),
+                NewMessage(TS, "carol", "and this", recipient="BOB", delivered=False)])
+    waiting = log.waiting_for("bob")
+    assert [m.text for m in waiting] == ["while you were out", "and this"]
+    log.mark_delivered([m.id for m in waiting])
+    assert log.waiting_for("bob") == []
+
+
+def test_export_reads_everything_since_a_time_in_order(store: Store) -> None:
+    log = MessageLog(store)
+    says(log, "alice", "old", ts="2026-10-01T00:00:00.000Z")
+    says(log, "alice", *[f"new{n}" for n in range(2500)], ts="2026-11-01T00:00:00.000Z")
+    assert len(list(log.since())) == 2501
+    exported = list(log.since("2026-10-15"))
+    assert [m.text for m in exported] == [f"new{n}" for n in range(2500)]
+
+
+def test_purge_is_audited(store: Store) -> None:
+    log = MessageLog(store)
+    says(log, "alice", "old", ts="2026-10-01T00:00:00.000Z")
+    says(log, "alice", "new", ts="2026-11-01T00:00:00.000Z")
+    assert log.purge_before("2026-10-15", actor="admin") == 1
+    assert [m.text for m in log.room_page()[0]] == ["new"]
+    entry = store.audit_entries(1)[0]
+    assert (entry.actor, entry.action) == ("admin", "history.purge")
+    assert entry.detail == {"before": "2026-10-15", "deleted": 1}
+
+
+def test_retention_by_age_and_by_count(store: Store) -> None:
+    log = MessageLog(store)
+    now = datetime(2026, 11, 28, tzinfo=UTC)
+    def at(days_ago: float) -> str:
+        moment = now - timedelta(days=days_ago)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    says(log, "alice", *[f"old{n}" for n in range(30)], ts=at(40))
+    says(log, "alice", *[f"recent{n}" for n in range(30)], ts=at(1))
+    assert log.prune(keep_days=30, max_messages=0, now=now, batch=7) == 30
+    assert log.prune(keep_days=30, max_messages=0, now=now) == 0
+    assert log.prune(keep_days=0, max_messages=10, now=now, batch=7) == 20
+    assert [m.text for m in log.room_page()[0]] == [f"recent{n}" for n in range(20, 30)]
+    assert log.prune(keep_days=0, max_messages=0, now=now) == 0  # both rules off
+
+
+def test_pruning_while_messages_are_written(store: Store) -> None:
+    log = MessageLog(store)
+    says(log, "alice", *[f"m{n}" for n in range(5000)], ts="2020-01-01T00:00:00.000Z")
+    written = []
+    today = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+    def writer() -> None:
+        mine = MessageLog(store)  # its own thread, its own connection
+        for n in range(20):
+            written.extend(says(mine, "bob", f"live{n}", ts=today))
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    pruned = log.prune(keep_days=1, max_messages=0, batch=100)
+    thread.join(30)
+    assert pruned >= 5000 and len(written) == 20
+    assert [m.text for m in log.room_page()[0]][-20:] == [f"live{n}" for n in range(20)]
