@@ -92,6 +92,18 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    # Store every room message and DM: scrollback on join, paging, offline DMs.
+    enabled: bool = True
+    # Room messages a session is shown when it logs in.
+    on_join: int = _opt(50, low=0, high=200)
+    # Retention; 0 turns a rule off.
+    keep_days: float = _opt(365.0, low=0, high=100_000)
+    max_messages: int = _opt(1_000_000, low=0, high=2**62)
+    prune_interval_s: float = _opt(3600.0, low=0.1, high=30 * 86_400)
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = _opt("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     # Empty means standard error.
@@ -124,6 +136,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
 
@@ -142,6 +155,7 @@ SECTIONS: dict[str, type[Any]] = {
     "auth": AuthConfig,
     "tls": TLSConfig,
     "limits": LimitsConfig,
+    "history": HistoryConfig,
     "logging": LoggingConfig,
     "client": ClientConfig,
 }

@@ -31,9 +31,11 @@ from .errors import (
 )
 from .limits import TokenBucket
 from .sanitize import escape
+from .journal import history_frame, waiting_frames
 from .protocol import (
     Ban,
     Dm,
+    History,
     Kick,
     Login,
     Passwd,
@@ -348,9 +350,16 @@ class Connection:
 
     def _chat(self, user: User) -> None:
         session = Session(self, user)
+        journal = self.server.journal
+        waiting = self.server.off_thread(journal.waiting_for, user.username) if journal else []
         admitted = self.server.room.enter(
             session, lambda names: protocol.encode(
-                protocol.welcome(user.username, user.role, names, self._welcome_re)))
+                protocol.welcome(user.username, user.role, names, self._welcome_re)),
+            waiting_frames(waiting))
+        if admitted and waiting and journal is not None:
+            # Given to the session's queue: at most once from here on (a crash
+            # before it is sent loses these; one before this line repeats them).
+            self.server.off_thread(journal.log.mark_delivered, [m.id for m in waiting])
         self.protocol.authenticated()
         self.authenticated = True
         self.server.mark_authenticated()
@@ -420,10 +429,22 @@ class Connection:
         return False
 
     def _say_all(self, session: Session, says: list[Say]) -> None:
-        """Broadcast `says` (then empty it): one room lock and one wake-up for all."""
+        """Broadcast `says` (then empty it): one commit, one room lock and one
+        wake-up for all."""
         if says:
-            self.server.room.say_many(session, [say.text for say in says])
+            texts = [say.text for say in says]
             says.clear()
+            try:
+                self._say(session, texts)
+            except AuthchatError as e:  # not stored, so not sent: the sender must know
+                session.reply(protocol.error(e.code, _public_message(e)))
+
+    def _say(self, session: Session, texts: list[str]) -> list[int]:
+        """Store (with history on) and broadcast; the messages' ids."""
+        journal = self.server.journal
+        if journal is None:
+            return self.server.room.say_many(session, texts)
+        return journal.say(session, texts)
 
     def _chat_event(self, session: Session, event: protocol.Event) -> None:
         if isinstance(event, Violation):
@@ -445,15 +466,13 @@ class Connection:
     def _dispatch(self, session: Session, request: Request) -> None:
         room = self.server.room
         if isinstance(request, Say):
-            msg_id = room.say(session, request.text)
+            msg_id = self._say(session, [request.text])[0]
             if request.id is not None:
                 session.reply(protocol.ok(request.id, message=msg_id))
         elif isinstance(request, Dm):
-            dm_id = room.direct(session, request.to, request.text)
-            if dm_id is None:
-                raise NoSuchUser(f"{request.to[:64]} is not online")
-            if request.id is not None:
-                session.reply(protocol.ok(request.id, message=dm_id))
+            self._direct(session, request)
+        elif isinstance(request, History):
+            session.reply(self._history(session, request))
         elif isinstance(request, Who):
             session.reply(protocol.who(room.who(), request.id))
         elif isinstance(request, Ping):
@@ -466,6 +485,33 @@ class Connection:
             self._change_password(session, request)
         elif isinstance(request, (Kick, Ban)):
             self._moderate(session, request)
+
+    def _direct(self, session: Session, request: Dm) -> None:
+        journal = self.server.journal
+        if journal is None:  # no history: only someone online can be written to
+            dm_id = self.server.room.direct(session, request.to, request.text)
+            if dm_id is None:
+                raise NoSuchUser(f"{request.to[:64]} is not online")
+            fields: dict[str, Any] = {"message": dm_id}
+        else:
+            sent = journal.direct(session, request.to, request.text)
+            fields = {"message": sent.id, **({"queued": True} if sent.queued else {})}
+        if request.id is not None:
+            session.reply(protocol.ok(request.id, **fields))
+
+    def _history(self, session: Session, request: History) -> dict[str, Any]:
+        """A page of older messages: the room's, or the DMs with one person."""
+        journal = self.server.journal
+        if journal is None:
+            return protocol.history([], False, request.id)
+        if request.with_user is None:
+            page, more = self.server.off_thread(journal.log.room_page, request.before,
+                                                request.limit)
+        else:
+            page, more = self.server.off_thread(journal.log.dm_page, session.username,
+                                                request.with_user, request.before,
+                                                request.limit)
+        return protocol.history([history_frame(m) for m in page], more, request.id)
 
     def _change_password(self, session: Session, request: Passwd) -> None:
         """A guess at the old password counts like a login's: a session left

@@ -48,6 +48,7 @@ MAX_REASON_LENGTH = 200
 MAX_AUTH_FAILURES = 3      # failed register/login attempts before the connection closes
 MAX_PREAUTH_FRAMES = 10    # frames a client may send before it has logged in
 MAX_SAFE_INTEGER = 2**53 - 1
+MAX_HISTORY_PAGE = 200     # messages in one `history` answer
 
 # C0 and C1 controls, DEL and lone surrogates are refused in any text; a
 # message may still contain newlines and tabs.
@@ -116,6 +117,15 @@ class Dm(Request):
 
 
 @dataclass(frozen=True)
+class History(Request):
+    """Older messages: the room's, or (`with_user`) the DMs with one person."""
+
+    before: int | None
+    limit: int
+    with_user: str | None
+
+
+@dataclass(frozen=True)
 class Passwd(Request):
     old: str
     new: str
@@ -147,7 +157,8 @@ Event = Request | Violation
 
 ACCEPTS: dict[State, frozenset[str]] = {
     State.AWAIT_AUTH: frozenset({"register", "login", "ping", "quit"}),
-    State.CHAT: frozenset({"say", "dm", "who", "ping", "pong", "passwd", "quit", "kick", "ban"}),
+    State.CHAT: frozenset({"say", "dm", "who", "ping", "pong", "passwd", "quit", "kick", "ban",
+                           "history"}),
     State.CLOSED: frozenset(),
 }
 KNOWN_TYPES = ACCEPTS[State.AWAIT_AUTH] | ACCEPTS[State.CHAT]
@@ -267,6 +278,18 @@ def _string(frame: dict[str, Any], key: str, limit: int, *, optional: bool = Fal
     return value
 
 
+def _count(frame: dict[str, Any], key: str, low: int, high: int,
+           default: int | None) -> Any:
+    """An optional whole-number field from `low` to `high`."""
+    value = frame.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ProtocolError(ErrorCode.BAD_REQUEST,
+                            f"'{key}' must be a whole number from {low} to {high}")
+    return value
+
+
 def clean_text(value: object, max_length: int) -> str:
     """A message text as the room will carry it: stripped, checked, bounded.
 
@@ -316,6 +339,10 @@ def parse_request(frame: dict[str, Any], max_text_length: int) -> Request:
     if kind == "dm":
         return Dm(rid, _string(frame, "to", MAX_NAME_FIELD),
                   clean_text(frame.get("text"), max_text_length))
+    if kind == "history":
+        return History(rid, _count(frame, "before", 1, MAX_SAFE_INTEGER, None),
+                       _count(frame, "limit", 1, MAX_HISTORY_PAGE, MAX_HISTORY_PAGE),
+                       _string(frame, "with", MAX_NAME_FIELD, optional=True))
     if kind == "passwd":
         return Passwd(rid, _string(frame, "old", MAX_SECRET_FIELD, secret=True),
                       _string(frame, "new", MAX_SECRET_FIELD, secret=True))
@@ -449,6 +476,17 @@ def message_template(sender: str, text: str, ts: str) -> tuple[bytes, bytes]:
 
 def direct_message(msg_id: int, sender: str, to: str, text: str, ts: str) -> dict[str, Any]:
     return {"type": "dm", "id": msg_id, "from": sender, "to": to, "text": text, "ts": ts}
+
+
+def from_history(frame: dict[str, Any]) -> dict[str, Any]:
+    """A message or dm frame as history gives it back: marked, so a client can
+    tell it from live traffic."""
+    return {**frame, "history": True}
+
+
+def history(messages: list[dict[str, Any]], more: bool,
+            re_: RequestId = None) -> dict[str, Any]:
+    return _with_re({"type": "history", "messages": messages, "more": more}, re_)
 
 
 def join(username: str, role: str) -> dict[str, Any]:

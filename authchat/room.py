@@ -213,17 +213,32 @@ class Room:
     """The one room every authenticated session is in."""
 
     def __init__(self, max_sessions_per_user: int,
-                 on_broadcast: Callable[[], None] = lambda: None) -> None:
+                 on_broadcast: Callable[[], None] = lambda: None, history_on_join: int = 0) -> None:
         self.max_sessions_per_user = max_sessions_per_user
         self.on_broadcast = on_broadcast  # tells the writers the feed has grown
         self.feed = Feed()
         self._lock = threading.Lock()
         self._members: dict[str, list[Member]] = {}  # lower-cased name -> sessions
         self._last_id = 0
+        # The newest room messages, (id, sender, text, ts), for a session that
+        # enters: kept here, under the lock that orders the feed, so that what
+        # it is shown and what it then receives live meet without a gap.
+        self._recent: deque[tuple[int, str, str, str]] = deque(maxlen=history_on_join)
         self.closing = False  # no presence noise while the server shuts down
 
-    def enter(self, member: Member, welcome: Callable[[list[str]], bytes]) -> bool:
-        """Admit a session: it gets `welcome(online names)` first, then live traffic.
+    def remember(self, messages: list[tuple[int, str, str, str]]) -> None:
+        """Start the recent messages with these (id, sender, text, ts), oldest
+        first: the history a restarted server shows."""
+        with self._lock:
+            self._recent.extend(messages)
+            if messages:
+                self._last_id = max(self._last_id, messages[-1][0])
+
+    def enter(self, member: Member, welcome: Callable[[list[str]], bytes],
+              waiting: list[bytes] | None = None) -> bool:
+        """Admit a session: it gets `welcome(online names)` first, then the
+        recent room messages marked as history, then `waiting` (DMs kept for
+        it), then live traffic.
 
         Returns False, admitting nothing, if the account has its maximum of sessions.
         """
@@ -240,6 +255,11 @@ class Room:
                 self._broadcast(protocol.encode(protocol.join(member.username, member.role)))
             member.outbox.follow(self.feed)
             member.deliver(welcome(self._usernames()))
+            for msg_id, sender, text, ts in self._recent:
+                member.deliver(protocol.encode(protocol.from_history(
+                    protocol.message(msg_id, sender, text, ts))))
+            for data in waiting or ():
+                member.deliver(data)
             return True
 
     def leave(self, member: Member, reason: str) -> bool:
@@ -260,37 +280,58 @@ class Room:
         """Broadcast a message to every session, the sender's included; returns its id."""
         return self.say_many(sender, [text])[0]
 
-    def say_many(self, sender: Member, texts: list[str]) -> list[int]:
-        """Broadcast messages in order, with consecutive ids; returns the ids.
+    def say_many(self, sender: Member, texts: list[str], ids: list[int] | None = None,
+                 ts: str | None = None) -> list[int]:
+        """Broadcast messages in order; returns their ids.
 
+        `ids` and `ts` are the stored messages' (the journal's); without them
+        the room numbers the messages itself, for a server keeping no history.
         The frames are encoded before the lock is taken, with only the id left
         to splice in under it, so the lock every sender needs is held briefly.
         """
-        ts = protocol.timestamp()
+        ts = ts or protocol.timestamp()
         templates = [protocol.message_template(sender.username, text, ts) for text in texts]
         with self._lock:
-            first = self._last_id + 1
-            self._last_id += len(templates)
-            for msg_id, (head, tail) in enumerate(templates, first):
+            if ids is None:
+                ids = list(range(self._last_id + 1, self._last_id + 1 + len(texts)))
+            self._last_id = max(self._last_id, ids[-1]) if ids else self._last_id
+            for msg_id, (head, tail), text in zip(ids, templates, texts):
                 self.feed.append(head + str(msg_id).encode() + tail)
+                self._recent.append((msg_id, sender.username, text, ts))
         self.on_broadcast()
-        return list(range(first, first + len(templates)))
+        return ids
 
-    def direct(self, sender: Member, to: str, text: str) -> int | None:
-        """Send a DM to all of `to`'s sessions and the sender's; None if `to` is offline."""
+    def online_name(self, username: str) -> str | None:
+        """How an online account spells its name; None if it has no session."""
+        with self._lock:
+            sessions = self._members.get(username.lower())
+            return sessions[0].username if sessions else None
+
+    def direct(self, sender: Member, to: str, text: str, msg_id: int | None = None,
+               ts: str | None = None) -> int | None:
+        """Send a DM to all of `to`'s sessions and the sender's; None if `to` is offline.
+
+        `msg_id` and `ts` as for say_many.
+        """
         with self._lock:
             targets = self._members.get(to.lower())
             if not targets:
                 return None
-            msg_id = self._next_id()
+            msg_id = self._next_id() if msg_id is None else msg_id
             frame = protocol.direct_message(msg_id, sender.username, targets[0].username, text,
-                                            protocol.timestamp())
+                                            ts or protocol.timestamp())
             data = protocol.encode(frame)
             receivers = targets + [s for s in self._members.get(sender.username.lower(), [])
                                    if s not in targets]
             for session in receivers:
                 session.deliver(data)
             return msg_id
+
+    def to_account(self, username: str, data: bytes) -> None:
+        """Queue bytes for every session of one account (none: nothing happens)."""
+        with self._lock:
+            for session in self._members.get(username.lower(), []):
+                session.deliver(data)
 
     def who(self) -> list[dict[str, str]]:
         with self._lock:

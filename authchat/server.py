@@ -42,6 +42,7 @@ from .config import Config
 from .connection import LINGER_S, SEND_TIMEOUT_S, TLS_HANDSHAKE_MAX_S, Connection, Refusal, \
     Session
 from .errors import ConfigError, ErrorCode
+from .journal import Journal
 from .limits import ConnectionCounter, LoginThrottle, WindowLimit, ip_key
 from .memory import release_free_memory
 from .sanitize import escape
@@ -72,7 +73,11 @@ class Server:
     def __init__(self, config: Config, store: Store) -> None:
         self.config = config
         self.store = store
-        self.room = Room(config.limits.max_sessions_per_user)
+        history = config.history
+        self.room = Room(config.limits.max_sessions_per_user,
+                         history_on_join=history.on_join if history.enabled else 0)
+        # With history on, every message is stored before the room sees it.
+        self.journal = Journal(store, self.room) if history.enabled else None
         self.writers = WriterPool(self.room.feed, WRITER_THREADS, SEND_TIMEOUT_S, LINGER_S)
         self.room.on_broadcast = self.writers.wake_all
         self.ready = threading.Event()
@@ -122,6 +127,9 @@ class Server:
         threading.stack_size(THREAD_STACK_BYTES)
         self._listener = socket.create_server((cfg.server.host, cfg.server.port), backlog=1024,
                                               family=_family(cfg.server.host))
+        if self.journal is not None:
+            self.room.remember(self.journal.recent_room_messages(cfg.history.on_join))
+            self.spawn(self.journal.run, "journal")
         self.spawn(self._accept_loop, "accept")
         self.spawn(self._housekeeping_loop, "housekeeping")
         self.writers.start(self.spawn)
@@ -150,6 +158,8 @@ class Server:
             connections = list(self._connections)
         for conn in connections:
             conn.stop_for_shutdown()
+        if self.journal is not None:
+            self.journal.stop()  # what was handed in is still stored and sent
         started = time.monotonic()
         self._join_threads(started + timeout / 2)
         with self._lock:
@@ -328,6 +338,7 @@ class Server:
     def _housekeeping_loop(self) -> None:
         last_version = self.store.data_version()
         last_release = time.monotonic()
+        last_prune = 0.0  # the first tick prunes what piled up while the server was down
         while not self.stopping.wait(HOUSEKEEPING_INTERVAL_S):
             try:
                 version = self.store.data_version()
@@ -338,8 +349,21 @@ class Server:
                 if time.monotonic() - last_release > RELEASE_MEMORY_INTERVAL_S:
                     last_release = time.monotonic()
                     release_free_memory()
+                if time.monotonic() - last_prune > self.config.history.prune_interval_s:
+                    last_prune = time.monotonic()
+                    self._prune_history()
             except Exception:  # last resort: housekeeping must not die
                 log.exception("housekeeping failed")
+
+    def _prune_history(self) -> None:
+        """Retention, in short batches: the journal writes between them."""
+        history = self.config.history
+        if self.journal is None or not (history.keep_days or history.max_messages):
+            return
+        pruned = self.journal.log.prune(keep_days=history.keep_days,
+                                        max_messages=history.max_messages)
+        if pruned:
+            log.info("history: %d messages past retention removed", pruned)
 
     def _apply_account_changes(self) -> None:
         """Make account changes take effect on live sessions: a disabled or

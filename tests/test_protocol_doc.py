@@ -70,6 +70,10 @@ def assert_matches(got: dict[str, Any], expected: dict[str, Any], line: str) -> 
             assert TIMESTAMP.fullmatch(got[key]), got
         elif key == "server":
             assert got[key].startswith("authchat/"), got
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            assert isinstance(got[key], list) and len(got[key]) == len(value), got
+            for got_item, item in zip(got[key], value):  # a history page's messages
+                assert_matches(got_item, item, line)
         else:
             assert got[key] == value, f"{line}\n got {got}"
 

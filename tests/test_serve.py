@@ -62,8 +62,14 @@ def test_a_full_disk_fails_registration_generically_and_loses_nothing(
                 failure = reply
                 break
         assert failure == {"type": "error", "code": "server_error", "message": "internal error"}
-        alice.send({"type": "say", "text": "still chatting"})  # the server stays up
-        alice.expect("message", text="still chatting")
+        # The server stays up. A message that cannot be stored is not sent
+        # either (history promises nothing seen is lost), and its sender is told.
+        alice.send({"type": "say", "text": "not stored, so not sent", "id": "s"})
+        presence = ("join", "leave")  # of the users registered above
+        assert alice.recv(skip=presence) == {"type": "error", "code": "server_error",
+                                             "message": "internal error", "re": "s"}
+        alice.send({"type": "ping", "id": "p"})
+        assert alice.recv(skip=presence) == {"type": "pong", "re": "p"}
         again = Client(server.address)
         again.login("alice")  # logging in needs no free space
         assert server.terminate() == 0

@@ -21,6 +21,7 @@ from . import Store, _audit
 
 MAX_PAGE = 200
 PRUNE_BATCH = 1000
+WRITER_CACHE_KIB = 256
 _COLUMNS = "id, ts, sender, recipient, text"
 
 
@@ -49,6 +50,14 @@ class MessageLog:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+
+    def prepare_writer(self) -> None:
+        """Open this thread's connection for appending.
+
+        A writer that only appends needs a small page cache: SQLite's default
+        is 2 MiB a connection, which it would fill with pages it never reads.
+        """
+        self.store.connection().execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
 
     def append(self, messages: Sequence[NewMessage]) -> list[StoredMessage]:
         """Store `messages` in one transaction, in order; returns them with their ids.
@@ -104,9 +113,16 @@ class MessageLog:
         return [_message(row) for row in rows]
 
     def mark_delivered(self, ids: Sequence[int]) -> None:
+        self._set_delivered(ids, True)
+
+    def mark_waiting(self, ids: Sequence[int]) -> None:
+        """DMs whose recipient turned out to have no session: keep them for their login."""
+        self._set_delivered(ids, False)
+
+    def _set_delivered(self, ids: Sequence[int], delivered: bool) -> None:
         with self.store.transaction() as conn:
-            conn.executemany("UPDATE messages SET delivered = 1 WHERE id = ?",
-                             [(i,) for i in ids])
+            conn.executemany("UPDATE messages SET delivered = ? WHERE id = ?",
+                             [(int(delivered), i) for i in ids])
 
     def since(self, ts: str | None = None) -> Iterator[StoredMessage]:
         """Every message from `ts` on (None: all), oldest first, read in pages."""
@@ -140,7 +156,7 @@ class MessageLog:
         writers wait at most one short batch.
         """
         total = 0
-        cutoff = _timestamp((now or datetime.now(UTC)) - timedelta(days=keep_days)) \
+        cutoff = timestamp((now or datetime.now(UTC)) - timedelta(days=keep_days)) \
             if keep_days > 0 else ""
         while True:
             with self.store.transaction() as conn:
@@ -170,7 +186,7 @@ def _prune_bound(conn: sqlite3.Connection, cutoff: str, max_messages: int) -> in
     return max(bounds) if bounds else None
 
 
-def _timestamp(moment: datetime) -> str:
+def timestamp(moment: datetime) -> str:
     """As messages carry it (ISO-8601 UTC, milliseconds), so that text order is time order."""
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 

@@ -1,0 +1,230 @@
+"""Messages are stored, then broadcast: the group commit between sessions and the room.
+
+Theory of operation. A session thread that has messages to say (or a DM)
+hands them to the journal and waits. The journal's one thread takes
+everything handed in meanwhile, stores it in one transaction (one sync of
+the disk for the lot), and only then gives it to the room, in id order, and
+wakes the waiting threads with the ids. So:
+
+- nothing anyone has seen can be lost in a crash: a message reaches the room
+  only once it is committed (the loss window is zero; a crash loses only
+  messages whose senders got no `ok`);
+- ids come from the database, strictly increasing across restarts;
+- the cost of a sync is shared by every message that arrived while the last
+  one ran, so throughput holds up under load while latency grows by about
+  one sync.
+
+DMs take the same road. One to a user who exists but has no session is
+stored as waiting, and given to them at their next login, after the
+history; the sender gets it as queued. One to a name no account has is
+refused with no_such_user. The room and the store never meet: this module
+is where they are put in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import protocol
+from .errors import AuthchatError, ErrorCode, NoSuchUser
+from .room import Member, Room
+from .store import Store
+from .store.messages import MessageLog, NewMessage, StoredMessage
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 2000  # messages in one transaction; the rest wait for the next
+
+
+@dataclass
+class _Entry:
+    """One session's hand-in: a run of room messages, or one DM."""
+
+    sender: Member
+    texts: list[str]
+    to: str | None = None  # a DM's addressee, as typed
+    done: threading.Event = field(default_factory=threading.Event)
+    ids: list[int] = field(default_factory=list)
+    queued: bool = False
+    error: AuthchatError | None = None
+
+
+@dataclass(frozen=True)
+class DirectResult:
+    id: int
+    queued: bool  # the recipient had no session: it waits for their next login
+
+
+class Journal:
+    """Group commit of room messages and DMs, on one thread."""
+
+    def __init__(self, store: Store, room: Room) -> None:
+        self.store = store
+        self.log = MessageLog(store)
+        self.room = room
+        self._pending: list[_Entry] = []
+        self._lock = threading.Condition()
+        self._stopping = False
+
+    def run(self) -> None:
+        """The journal thread: commit and publish until stopped."""
+        self.log.prepare_writer()  # this thread's connection, opened now, for good
+        while (batch := self._take()) is not None:
+            self._commit(batch)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+
+    # -- for session threads ------------------------------------------------
+
+    def say(self, sender: Member, texts: list[str]) -> list[int]:
+        """Store and broadcast `texts`; returns their ids once they are out.
+
+        Raises:
+            StorageError, StoreBusy, ServerShuttingDown: nothing was stored or sent.
+        """
+        return self._wait(self._hand_in(_Entry(sender, texts))).ids
+
+    def direct(self, sender: Member, to: str, text: str) -> DirectResult:
+        """Store and send a DM; kept for its recipient if they have no session.
+
+        Raises:
+            NoSuchUser: no account has that name.
+            StorageError, StoreBusy: nothing was stored or sent.
+        """
+        entry = self._wait(self._hand_in(_Entry(sender, [text], to)))
+        return DirectResult(entry.ids[0], entry.queued)
+
+    def _hand_in(self, entry: _Entry) -> _Entry:
+        with self._lock:
+            if self._stopping:
+                raise ShuttingDown("the server is shutting down")
+            self._pending.append(entry)
+            self._lock.notify()
+        return entry
+
+    @staticmethod
+    def _wait(entry: _Entry) -> _Entry:
+        entry.done.wait()
+        if entry.error is not None:
+            raise entry.error
+        return entry
+
+    # -- the journal thread ---------------------------------------------------
+
+    def _take(self) -> list[_Entry] | None:
+        with self._lock:
+            while not self._pending:
+                if self._stopping:
+                    return None
+                self._lock.wait()
+            batch: list[_Entry] = []
+            count = 0
+            while self._pending and (not batch or count + len(self._pending[0].texts)
+                                     <= MAX_BATCH):
+                entry = self._pending.pop(0)
+                batch.append(entry)
+                count += len(entry.texts)
+            return batch
+
+    def _commit(self, batch: list[_Entry]) -> None:
+        ts = protocol.timestamp()
+        rows: list[NewMessage] = []
+        live: list[_Entry] = []
+        for entry in batch:
+            try:
+                rows += self._rows(entry, ts)
+                live.append(entry)
+            except AuthchatError as e:
+                self._finish(entry, e)
+        try:
+            stored = self.log.append(rows) if rows else []
+        except AuthchatError as e:
+            log.error("could not store %d messages: %s", len(rows), e)
+            for entry in live:
+                self._finish(entry, e)
+            return
+        position = 0
+        for entry in live:
+            mine = stored[position:position + len(entry.texts)]
+            position += len(entry.texts)
+            self._publish(entry, mine, ts)
+            self._finish(entry)
+
+    def _rows(self, entry: _Entry, ts: str) -> list[NewMessage]:
+        sender = entry.sender.username
+        if entry.to is None:
+            return [NewMessage(ts, sender, text) for text in entry.texts]
+        online = self.room.online_name(entry.to)
+        name = online or self._account_name(entry.to)
+        entry.to, entry.queued = name, online is None
+        return [NewMessage(ts, sender, entry.texts[0], recipient=name,
+                           delivered=online is not None)]
+
+    def _account_name(self, name: str) -> str:
+        """How the account spells its name, for a DM to someone offline."""
+        found = self.store.lookup_users({name})
+        user = next(iter(found.values()), None)
+        if user is None:
+            raise NoSuchUser(f"there is no user {name[:64]}")
+        return user.username
+
+    def _publish(self, entry: _Entry, stored: list[StoredMessage], ts: str) -> None:
+        entry.ids = [m.id for m in stored]
+        if entry.to is None:
+            self.room.say_many(entry.sender, entry.texts, entry.ids, ts)
+            return
+        message = stored[0]
+        frame = protocol.encode(protocol.direct_message(
+            message.id, entry.sender.username, entry.to, message.text, ts))
+        if entry.queued:  # the recipient gets it at login; the sender sees it now
+            self.room.to_account(entry.sender.username, frame)
+        elif self.room.direct(entry.sender, entry.to, message.text, message.id, ts) is None:
+            # They left between the check and now: keep it for them after all.
+            self.log.mark_waiting([message.id])
+            self.room.to_account(entry.sender.username, frame)
+            entry.queued = True
+
+    @staticmethod
+    def _finish(entry: _Entry, error: AuthchatError | None = None) -> None:
+        entry.error = error
+        entry.done.set()
+
+    # -- logins ---------------------------------------------------------------
+
+    def recent_room_messages(self, count: int) -> list[tuple[int, str, str, str]]:
+        """The newest `count` room messages, oldest first, for the room to start with."""
+        if count <= 0:
+            return []
+        page, _ = self.log.room_page(limit=count)
+        return [(m.id, m.sender, m.text, m.ts) for m in page]
+
+    def waiting_for(self, username: str) -> list[StoredMessage]:
+        return self.log.waiting_for(username)
+
+
+class ShuttingDown(AuthchatError):
+    """The server is shutting down: nothing more is stored."""
+
+    code = ErrorCode.SERVER_SHUTDOWN
+
+
+def history_frame(message: StoredMessage) -> dict[str, Any]:
+    """A stored message as history gives it back: a message or dm frame, marked."""
+    if message.recipient is None:
+        frame = protocol.message(message.id, message.sender, message.text, message.ts)
+    else:
+        frame = protocol.direct_message(message.id, message.sender, message.recipient,
+                                        message.text, message.ts)
+    return protocol.from_history(frame)
+
+
+def waiting_frames(messages: list[StoredMessage]) -> list[bytes]:
+    """DMs kept for someone offline, encoded for their login."""
+    return [protocol.encode(history_frame(m)) for m in messages]
+
