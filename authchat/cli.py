@@ -18,7 +18,7 @@ import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,9 +29,10 @@ from .client import ClientOptions
 from .config import Config, load_config
 from .errors import AuthchatError, ConfigError, StoreBusy, UsernameTaken
 from .logs import setup_logging
-from .sanitize import escape
+from .sanitize import escape, escape_json
 from .server import Server
 from .store import Store, User
+from .store.messages import MessageLog, timestamp
 from .tls import default_known_servers
 from .usernames import validate_username
 
@@ -471,7 +472,56 @@ def db_status(settings: Settings) -> None:
         click.echo(f"{name + ':':<16}{value}")
 
 
+# -- history ---------------------------------------------------------------
+
+@cli.group()
+def history() -> None:
+    """Export or purge the stored message history."""
+
+
+@history.command("export")
+@click.option("--since", metavar="DATE", help="Only messages from this UTC date or time on "
+              "(2026-11-01 or 2026-11-01T12:00).")
+@json_option
+@pass_settings
+def history_export(settings: Settings, since: str | None, as_json: bool) -> None:
+    """Print stored messages and DMs, oldest first, one per line."""
+    log = MessageLog(settings.store())
+    for m in log.since(_utc_moment(since, "--since") if since else None):
+        if as_json:
+            click.echo(escape_json(json.dumps(dataclasses.asdict(m), ensure_ascii=False)))
+        else:
+            to = f" -> {escape(m.recipient)}" if m.recipient else ""
+            click.echo(f"{m.ts} #{m.id} <{escape(m.sender)}{to}> {escape(m.text)}")
+
+
+@history.command("purge")
+@click.option("--before", metavar="DATE", required=True,
+              help="Delete messages older than this UTC date or time.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_settings
+def history_purge(settings: Settings, before: str, yes: bool) -> None:
+    """Delete stored messages older than DATE (recorded in the audit log)."""
+    cutoff = _utc_moment(before, "--before")
+    if not yes:
+        click.confirm(f"Delete every message before {cutoff}?", abort=True, err=True)
+    deleted = MessageLog(settings.store()).purge_before(cutoff, actor=_actor())
+    click.echo(f"{deleted} messages deleted")
+
+
 # -- helpers ---------------------------------------------------------------
+
+def _utc_moment(text: str, option: str) -> str:
+    """A date or date-time (UTC unless it says otherwise), as messages' `ts` carries it."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a date like 2026-11-01 or "
+                                 "2026-11-01T12:00", param_hint=f"'{option}'") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return timestamp(moment.astimezone(UTC))
+
 
 def _actor() -> str:
     """Who the audit log says made a change from the command line."""
