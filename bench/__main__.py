@@ -213,6 +213,8 @@ def servers_for(scenario: str, smoke: bool,
         return found[:1]
     if scenario in ("latency", "connections"):
         found = found[:1]
+    if scenario in ("fanout", "latency"):  # what storing every message costs
+        found.append(("authchat-nohist", lambda: Authchat(history=False)))
     found.append(("toy", Toy))
     for cls in (Ngircd, Inspircd):
         if cls.installed():

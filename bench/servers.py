@@ -111,10 +111,11 @@ class Authchat(ServerUnderTest):
     driver = "authchat"
     setup_threads = 4  # below the bcrypt queue (cores x 5): more would be told to wait
 
-    def __init__(self, tls: bool = False, bcrypt_cost: int = 4) -> None:
+    def __init__(self, tls: bool = False, bcrypt_cost: int = 4, history: bool = True) -> None:
         self.tls = tls
         self.bcrypt_cost = bcrypt_cost
-        self.name = "authchat-tls" if tls else "authchat"
+        self.history = history  # off: the baseline that shows what storing messages costs
+        self.name = ("authchat-tls" if tls else "authchat") + ("" if history else "-nohist")
         super().__init__()
 
     def environment(self) -> dict[str, str]:
@@ -128,7 +129,8 @@ class Authchat(ServerUnderTest):
         }
         env.update({f"AUTHCHAT_LIMITS_{k}": str(v) for k, v in limits.items()})
         env.update(AUTHCHAT_HOME=str(self.dir), AUTHCHAT_LOGGING_LEVEL="WARNING",
-                   AUTHCHAT_AUTH_BCRYPT_COST=str(self.bcrypt_cost))
+                   AUTHCHAT_AUTH_BCRYPT_COST=str(self.bcrypt_cost),
+                   AUTHCHAT_HISTORY_ENABLED="true" if self.history else "false")
         return env
 
     def prepare(self, users: int) -> None:
