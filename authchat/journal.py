@@ -143,7 +143,7 @@ class Journal:
             except AuthchatError as e:
                 self._finish(entry, e)
         try:
-            stored = self.log.append(rows) if rows else []
+            ids = self.log.append(rows)
         except AuthchatError as e:
             log.error("could not store %d messages: %s", len(rows), e)
             for entry in live:
@@ -151,9 +151,9 @@ class Journal:
             return
         position = 0
         for entry in live:
-            mine = stored[position:position + len(entry.texts)]
+            entry.ids = ids[position:position + len(entry.texts)]
             position += len(entry.texts)
-            self._publish(entry, mine, ts)
+            self._publish(entry, ts)
             self._finish(entry)
 
     def _rows(self, entry: _Entry, ts: str) -> list[NewMessage]:
@@ -174,19 +174,18 @@ class Journal:
             raise NoSuchUser(f"there is no user {name[:64]}")
         return user.username
 
-    def _publish(self, entry: _Entry, stored: list[StoredMessage], ts: str) -> None:
-        entry.ids = [m.id for m in stored]
+    def _publish(self, entry: _Entry, ts: str) -> None:
         if entry.to is None:
             self.room.say_many(entry.sender, entry.texts, entry.ids, ts)
             return
-        message = stored[0]
+        msg_id, text = entry.ids[0], entry.texts[0]
         frame = protocol.encode(protocol.direct_message(
-            message.id, entry.sender.username, entry.to, message.text, ts))
+            msg_id, entry.sender.username, entry.to, text, ts))
         if entry.queued:  # the recipient gets it at login; the sender sees it now
             self.room.to_account(entry.sender.username, frame)
-        elif self.room.direct(entry.sender, entry.to, message.text, message.id, ts) is None:
+        elif self.room.direct(entry.sender, entry.to, text, msg_id, ts) is None:
             # They left between the check and now: keep it for them after all.
-            self.log.mark_waiting([message.id])
+            self.log.mark_waiting([msg_id])
             self.room.to_account(entry.sender.username, frame)
             entry.queued = True
 

@@ -12,7 +12,7 @@ TS = "2026-11-28T10:00:00.000Z"
 
 
 def says(log: MessageLog, sender: str, *texts: str, ts: str = TS) -> list[int]:
-    return [m.id for m in log.append([NewMessage(ts, sender, text) for text in texts])]
+    return log.append([NewMessage(ts, sender, text) for text in texts])
 
 
 def test_ids_are_assigned_in_order_and_never_reused(store: Store) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 from datetime import UTC, datetime, timedelta
 
 from . import Store, _audit
@@ -25,9 +26,11 @@ WRITER_CACHE_KIB = 256
 _COLUMNS = "id, ts, sender, recipient, text"
 
 
-@dataclass(frozen=True)
-class NewMessage:
-    """A message accepted, not yet stored: `recipient` None for the room."""
+class NewMessage(NamedTuple):
+    """A message accepted, not yet stored: `recipient` None for the room.
+
+    A tuple in the INSERT's column order, so a batch goes to SQLite as it is.
+    """
 
     ts: str
     sender: str
@@ -59,23 +62,23 @@ class MessageLog:
         """
         self.store.connection().execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
 
-    def append(self, messages: Sequence[NewMessage]) -> list[StoredMessage]:
-        """Store `messages` in one transaction, in order; returns them with their ids.
+    def append(self, messages: Sequence[NewMessage]) -> list[int]:
+        """Store `messages` in one transaction, in order; returns their ids.
+
+        The ids are consecutive: the transaction holds the write lock, so no
+        other insert comes between, and AUTOINCREMENT gives each row the
+        highest id yet plus one.
 
         Raises:
             StoreBusy, StorageError: nothing was stored.
         """
-        stored = []
+        if not messages:
+            return []
         with self.store.transaction() as conn:
-            for m in messages:
-                cursor = conn.execute(
-                    "INSERT INTO messages (ts, sender, recipient, text, delivered) "
-                    "VALUES (?, ?, ?, ?, ?)", (m.ts, m.sender, m.recipient, m.text,
-                                               int(m.delivered)))
-                assert cursor.lastrowid is not None
-                stored.append(StoredMessage(cursor.lastrowid, m.ts, m.sender, m.recipient,
-                                            m.text))
-        return stored
+            conn.executemany("INSERT INTO messages (ts, sender, text, recipient, delivered) "
+                             "VALUES (?, ?, ?, ?, ?)", messages)
+            last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+        return list(range(last - len(messages) + 1, last + 1))
 
     def last_id(self) -> int:
         """The highest id ever given (deleted rows included); 0 before the first."""
@@ -175,9 +178,13 @@ def _prune_bound(conn: sqlite3.Connection, cutoff: str, max_messages: int) -> in
     """The highest id the rules let go, or None if nothing is due."""
     bounds = []
     if cutoff:
-        row = conn.execute("SELECT max(id) FROM messages WHERE ts < ?", (cutoff,)).fetchone()
-        if row[0] is not None:
-            bounds.append(int(row[0]))
+        # From the oldest up to the first young message: it reads only what goes.
+        row = conn.execute("SELECT id FROM messages WHERE ts >= ? ORDER BY id LIMIT 1",
+                           (cutoff,)).fetchone()
+        newest_old = conn.execute("SELECT max(id) FROM messages WHERE id < ?",
+                                  (row[0] if row else 2**63 - 1,)).fetchone()[0]
+        if newest_old is not None:
+            bounds.append(int(newest_old))
     if max_messages > 0:
         row = conn.execute("SELECT id FROM messages ORDER BY id DESC LIMIT 1 OFFSET ?",
                            (max_messages,)).fetchone()
