@@ -35,6 +35,7 @@ from typing import Any
 from . import commands, protocol
 from .errors import AuthchatError, ErrorCode
 from .protocol import FrameDecoder, ProtocolError
+from .roster import dm_peer
 from .sanitize import escape
 from .tls import KnownServers, client_context, default_known_servers, fingerprint, \
     normalize_fingerprint, same_fingerprint
@@ -48,6 +49,7 @@ SEND_TIMEOUT_S = 30.0
 MAX_FRAME_BYTES = 1024 * 1024  # the server's frames are small; this only bounds a rogue one
 SILENCE_S = 75.0
 BACKOFF_START_S = 1.0
+OLDER_PAGE = 50  # messages `older` asks for at a time
 BACKOFF_MAX_S = 30.0
 
 # What a person reads for each error code the server may send.
@@ -364,6 +366,7 @@ class Chat:
         self._pending: dict[str, _Pending] = {}
         self._pending_lock = threading.Lock()
         self._ids = itertools.count(1)
+        self._oldest: dict[str, int] = {}  # conversation ("" the room) -> oldest id seen
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
 
@@ -422,6 +425,28 @@ class Chat:
         finally:
             with self._pending_lock:
                 self._pending.pop(request_id, None)
+
+    def older(self, with_user: str | None = None, limit: int = OLDER_PAGE) -> dict[str, Any]:
+        """The page before the oldest message this session has seen: the room's,
+        or the DMs with `with_user`. Returns the server's reply (a `history`
+        frame, or an error); each call goes one page further back."""
+        reply = self.request(commands.history(self._oldest.get((with_user or "").casefold()),
+                                              limit, with_user))
+        if reply.get("type") == "history":
+            messages = reply.get("messages")
+            for frame in messages if isinstance(messages, list) else []:
+                if isinstance(frame, dict):
+                    self._note_oldest(frame)
+        return reply
+
+    def _note_oldest(self, frame: dict[str, Any]) -> None:
+        """Remember the oldest message seen, per conversation, for `older`."""
+        msg_id = frame.get("id")
+        if not isinstance(msg_id, int) or isinstance(msg_id, bool):
+            return
+        key = "" if frame.get("type") == "message" else dm_peer(frame, self.username).casefold()
+        if msg_id < self._oldest.get(key, msg_id + 1):
+            self._oldest[key] = msg_id
 
     def change_password(self, old: str, new: str) -> dict[str, Any]:
         """Change this account's password; returns the server's reply.
@@ -515,6 +540,8 @@ class Chat:
                 pending.reply = frame
                 pending.done.set()
                 return None
+        if kind in ("message", "dm"):
+            self._note_oldest(frame)
         self.on_event(frame)
         if kind == "error" and frame.get("code") in FINAL_CODES:
             return describe_error(frame)

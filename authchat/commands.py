@@ -15,6 +15,7 @@ HELP = """\
 commands:
   /who                   who is online
   /dm USER TEXT          a direct message (also /msg)
+  /history               older messages (in a private conversation: that one's)
   /passwd                change your password
   /quit                  leave (also Ctrl-D)
   /kick USER [REASON]    admins: end someone's sessions
@@ -70,6 +71,17 @@ def who() -> dict[str, Any]:
     return {"type": "who"}
 
 
+def history(before: int | None = None, limit: int = 200,
+            with_user: str | None = None) -> dict[str, Any]:
+    """A page of older messages: the room's, or the DMs with `with_user`."""
+    frame: dict[str, Any] = {"type": "history", "limit": limit}
+    if before is not None:
+        frame["before"] = before
+    if with_user is not None:
+        frame["with"] = with_user
+    return frame
+
+
 def parse(line: str, talking_to: str | None = None) -> Command:
     """What to do with one typed line (None: nothing, it was blank).
 
@@ -89,7 +101,7 @@ def parse(line: str, talking_to: str | None = None) -> Command:
 def _slash_command(text: str) -> Command:
     name, _, rest = text[1:].partition(" ")
     name, rest = name.lower(), rest.strip()
-    if name in ("help", "quit", "passwd"):
+    if name in ("help", "quit", "passwd", "history"):
         return Local(name)
     if name == "who":
         return Send(who())

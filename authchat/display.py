@@ -62,7 +62,10 @@ def render(event: Event, me: str) -> Fragments:
     renderer = _RENDERERS.get(str(kind))
     if renderer is None:
         return []  # frames this client does not know are ignored, as the protocol asks
-    return renderer(event, me)
+    fragments = renderer(event, me)
+    if event.get("history") is True:  # from before: dimmed, whoever said it
+        fragments = [("class:history", text) for _, text in fragments]
+    return fragments
 
 
 def _message(frame: dict[str, Any], me: str) -> Fragments:
@@ -96,8 +99,11 @@ def _error(frame: dict[str, Any], me: str) -> Fragments:
 
 
 def _users(frame: dict[str, Any]) -> list[Any]:
-    users = frame.get("users")
-    return users if isinstance(users, list) else []
+    return _list(frame.get("users"))
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []  # a broken server's frame: nothing
 
 
 def _welcome(frame: dict[str, Any], me: str) -> Fragments:
@@ -115,9 +121,24 @@ def _who(frame: dict[str, Any], me: str) -> Fragments:
     return [("class:notice", f"*** online ({len(people)}): {', '.join(people)}")]
 
 
+def _history(frame: dict[str, Any], me: str) -> Fragments:
+    """A page of older messages: one line each, then what is left."""
+    messages = [m for m in _list(frame.get("messages")) if isinstance(m, dict)]
+    lines = [render(m, me) for m in messages]
+    more = frame.get("more") is True
+    end = "*** older messages remain: /history again" if more else \
+        "*** that is the first message"
+    if not messages:
+        end = "*** no older messages"
+    fragments: Fragments = []
+    for line in lines:
+        fragments += [*line, ("", "\n")]
+    return [*fragments, ("class:notice", end)]
+
+
 _RENDERERS = {
     "message": _message, "dm": _direct, "join": _join, "leave": _leave,
-    "error": _error, "welcome": _welcome, "who": _who,
+    "error": _error, "welcome": _welcome, "who": _who, "history": _history,
 }
 
 

@@ -94,6 +94,8 @@ def run(chat: Chat, stream: Iterable[str], printer: Printer) -> int:
                 break
             if command.name == "help":
                 printer.out.write(HELP + "\n")
+            elif command.name == "history":
+                failures += not _older(chat, printer)
             else:
                 complain("/passwd needs the interactive client")
                 failures += 1
@@ -105,6 +107,17 @@ def run(chat: Chat, stream: Iterable[str], printer: Printer) -> int:
         return EXIT_CONNECTION_LOST if lost else EXIT_FAILED
     chat.close()
     return EXIT_OK if failures == 0 else EXIT_FAILED
+
+
+def _older(chat: Chat, printer: Printer) -> bool:
+    """Print the page of room messages before the oldest seen; False if refused."""
+    try:
+        reply = chat.older()
+    except ClientError as e:
+        complain(str(e))
+        return False
+    printer(reply)
+    return reply.get("type") != "error"
 
 
 def _send(chat: Chat, command: Send, printer: Printer) -> bool:

@@ -84,6 +84,8 @@ class Screen:
                 return False
             if command.name == "help":
                 self.note(HELP)
+            elif command.name == "history":
+                self._answer(self.chat.older)
             else:
                 self._change_password()
         elif isinstance(command, Send):

@@ -462,3 +462,21 @@ def test_a_host_that_is_not_a_name_and_an_unreadable_known_servers_file(
     broken.write_bytes(b"\xff\xfe not text\n")
     with pytest.raises(ClientError, match="cannot read the known-servers file"):
         open_link(ClientOptions(port=1, known_servers=broken))
+
+
+def test_scripts_see_history_at_login_and_page_further(servers: Any,
+                                                       client_env: dict[str, str]) -> None:
+    server = servers(tls__enabled=True, history__on_join=2)
+    add_user(server, "alice")
+    add_user(server, "bob")
+    said = authchat(client_env, "connect", "alice", *target(server, "--password-stdin"),
+                    input=GOOD_PASSWORD + "\n" + "".join(f"m{n}\n" for n in range(5)))
+    assert said.returncode == 0, said.stderr
+    result = authchat(client_env, "connect", "bob", *target(server, "--password-stdin"),
+                      input=GOOD_PASSWORD + "\n/history\n/history\n")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    texts = [line.split("<alice> ")[1] if "<alice> " in line else line for line in lines]
+    assert texts == ["m3", "m4",                      # shown at login
+                     "m0", "m1", "m2", "*** that is the first message",
+                     "*** no older messages"]

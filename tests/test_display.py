@@ -83,3 +83,18 @@ def test_json_output_escapes_what_a_terminal_would_act_on() -> None:
     out = io.StringIO()
     Printer(out, as_json=True, me="bob")(frame)  # what `connect --json` prints
     assert json.loads(out.getvalue()) == frame and "\\u202e" in out.getvalue()
+
+
+def test_history_is_dimmed_and_pages_say_what_is_left() -> None:
+    old = {**message("bob", "from before"), "history": True}
+    assert {style for style, _ in render(old, "alice")} == {"class:history"}
+    page = {"type": "history", "more": True, "messages": [
+        message("bob", "first"), {"type": "dm", "from": "bob", "to": "alice", "text": "psst",
+                                  "ts": "2026-11-24T10:00:00Z", "history": True}]}
+    lines = plain(render(page, "alice")).split("\n")
+    assert lines[0].endswith("<bob> first") and lines[1].endswith("[bob -> alice] psst")
+    assert lines[2] == "*** older messages remain: /history again"
+    assert plain(render({**page, "more": False}, "alice")).endswith("that is the first message")
+    assert plain(render({"type": "history", "messages": "junk", "more": False}, "a")) == \
+        "*** no older messages"
+    assert parse("/history") == Local("history")

@@ -620,6 +620,42 @@ def test_log_out_and_in_again(gui: Callable[..., Gui], servers: Callable[..., ob
         bob.close()
 
 
+def test_history_is_dimmed_and_older_messages_load_at_the_top(
+        gui: Callable[..., Gui], servers: Callable[..., object]) -> None:
+    server = servers(history__on_join=40, limits__messages_per_second=10_000,
+                     limits__message_burst=10_000)
+    add_user(server, "alice")
+    add_user(server, "bob")
+    alice = Client(server.address)
+    try:
+        alice.login("alice")
+        alice.send(b"".join(b'{"type":"say","text":"m%03d"}\n' % n for n in range(120)))
+        for _ in range(120):
+            alice.expect("message")
+    finally:
+        alice.close()
+    window = gui(server.address[1], username="bob")
+    window.log_in()
+    view = window.view
+    room = view.conversations[""]
+    window.wait_for(lambda: "<alice> m119" in window.room(), "the history at login")
+    shown = [line for line in window.room().splitlines() if "<alice>" in line]
+    assert [line[-4:] for line in shown] == [f"m{n:03d}" for n in range(80, 120)]
+    first = room.text.search("m080", "1.0")
+    assert "history" in room.text.tag_names(first)  # dimmed, not live
+    # Scrolled to the top with the wheel, the list fetches what came before, page by page.
+    def wheel_to_top() -> None:
+        room.text.yview_moveto(0.0)
+        room.text.event_generate("<Button-4>")  # the wheel, up, on X11
+
+    wheel_to_top()
+    window.wait_for(lambda: "m030" in window.room(), "an older page on scrolling up")
+    wheel_to_top()
+    window.wait_for(lambda: "that is the first message" in window.room(), "the first message")
+    ids = [line[-4:] for line in window.room().splitlines() if "<alice>" in line]
+    assert ids == [f"m{n:03d}" for n in range(120)]
+
+
 def test_without_a_display_the_command_says_so_in_one_line(run_cli: Callable[..., object],
                                                            home: Path) -> None:
     env = {k: v for k, v in cli_env(home).items() if k != "DISPLAY"}

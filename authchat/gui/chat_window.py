@@ -40,6 +40,8 @@ class ChatView(Timed, ttk.Frame):
         self.listed: list[str] = []  # the names in the user list, in its order
         self._listing = False
         self.conversations: dict[str, Conversation] = {}
+        self._loading: set[Conversation] = set()    # older messages asked for
+        self._exhausted: set[Conversation] = set()  # the first message is shown
         self._build()
         self.open_conversation(None)
         self.entry.focus_set()
@@ -120,9 +122,34 @@ class ChatView(Timed, ttk.Frame):
         conversation = self.conversations.get(key)
         if conversation is None:
             conversation = Conversation(self.tabs, peer)
+            conversation.on_top = partial(self.load_older, conversation)
             self.conversations[key] = conversation
             self.tabs.add(conversation, text=conversation.title)
         return conversation
+
+    def load_older(self, conversation: Conversation) -> None:
+        """Fetch the page before the oldest message shown, once at a time, until
+        there is no more."""
+        if conversation in self._loading or conversation in self._exhausted:
+            return
+        self._loading.add(conversation)
+        self.ask(partial(self.chat.older, conversation.peer),
+                 partial(self._older_came, conversation),
+                 partial(self._older_failed, conversation))
+
+    def _older_came(self, conversation: Conversation, reply: Reply) -> None:
+        self._loading.discard(conversation)
+        conversation = self._still_open(conversation)
+        if reply.get("type") != "history":
+            conversation.add(render(reply, self.me))
+            return
+        if reply.get("more") is not True:
+            self._exhausted.add(conversation)
+        conversation.prepend(render(reply, self.me))
+
+    def _older_failed(self, conversation: Conversation, error: Exception) -> None:
+        self._loading.discard(conversation)
+        self._still_open(conversation).note(f"!!! {escape(str(error))}", "class:error")
 
     def start_dm(self, peer: str) -> None:
         self.tabs.select(self.open_conversation(peer))  # type: ignore[no-untyped-call]
@@ -302,6 +329,9 @@ class ChatView(Timed, ttk.Frame):
             self._quit()
         elif name == "help":
             conversation.note(HELP)
+        elif name == "history":
+            self._exhausted.discard(conversation)  # asked for: ask the server again
+            self.load_older(conversation)
         else:
             self.change_password()
 

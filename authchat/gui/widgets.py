@@ -232,10 +232,19 @@ class Conversation(Timed, ttk.Frame):
         self.unread = 0
         self._settling = False
         self._following = True
+        # Called when the reader scrolls to the top of a list longer than the
+        # window: the place to fetch older messages.
+        self.on_top: Callable[[], None] | None = None
         self.text = tk.Text(self, wrap="word", state="disabled", font="TkFixedFont",
                             relief="flat", padx=8, pady=6, width=72, height=22, takefocus=0)
         scrollbar = ttk.Scrollbar(self, command=self.text.yview)
         self.text.configure(yscrollcommand=scrollbar.set)
+        # Only the reader's own scrolling asks for older messages, not a change
+        # of layout (a window being drawn can show the top of a short list).
+        for sequence in ("<Button-4>", "<MouseWheel>"):
+            self.text.bind(sequence, self._reader_scrolled, add="+")
+        for sequence in ("<ButtonRelease-1>", "<B1-Motion>"):
+            scrollbar.bind(sequence, self._reader_scrolled, add="+")
         scrollbar.pack(side="right", fill="y")
         self.text.pack(side="left", fill="both", expand=True)
         for tag, look in TAGS.items():
@@ -266,6 +275,27 @@ class Conversation(Timed, ttk.Frame):
             self.text.configure(state="disabled")
         if self._following:
             self.text.see("end")
+
+    def _reader_scrolled(self, _: object) -> None:
+        self.later(None, self._check_top)  # once the scroll itself is done
+
+    def _check_top(self) -> None:
+        first, last = self.text.yview()
+        if first <= 0.0 and last < 1.0 and self.on_top is not None:
+            self.on_top()
+
+    def prepend(self, fragments: Fragments) -> None:
+        """Older lines, put above the rest; the line being read stays in view."""
+        if not fragments:
+            return
+        anchor = self.text.index("@0,0")
+        before = int(self.text.index("end-1c").split(".")[0])
+        self.text.configure(state="normal")
+        for style, text in reversed([*fragments, ("", "\n")]):
+            self.text.insert("1.0", text, (style.removeprefix("class:"),) if style else ())
+        self.text.configure(state="disabled")
+        added = int(self.text.index("end-1c").split(".")[0]) - before
+        self.text.yview(f"{int(anchor.split('.')[0]) + added}.0")
 
     def note(self, text: str, style: str = "class:notice") -> None:
         self.add([(style, text)])
