@@ -33,6 +33,10 @@ from bench.gui import NoScreen, x_display  # noqa: E402  (the benchmark's displa
 
 T = TypeVar("T")
 WAIT_S = 15.0
+# Every root window made here, kept to the end of the run: a failing test's
+# traceback keeps its window alive, and when that finally let go on some
+# other thread, Tcl would abort the whole run (see authchat.gui.collected_here).
+KEPT_UNTIL_EXIT: list[tk.Tk] = []
 SCREEN = (1280, 800)
 
 
@@ -52,6 +56,7 @@ class Gui:
 
     def __init__(self, display: str, options: ClientOptions, username: str = "") -> None:
         self.root = tk.Tk(screenName=display, className="authchat")
+        KEPT_UNTIL_EXIT.append(self.root)
         self.app = App(self.root, options, username)
 
     def wait_for(self, condition: Callable[[], T], what: str, timeout: float = WAIT_S) -> T:
@@ -144,9 +149,8 @@ def gui(display: str, tmp_path: Path) -> Iterator[Callable[..., Gui]]:
 
     yield open_gui
     with collected_here():  # the windows' objects die on this thread, the Tk one
-        for window in opened:
-            window.close()
-        opened.clear()
+        while opened:  # no loop variable left holding the last one past the collection
+            opened.pop().close()
 
 
 def menu_labels(menu: tk.Menu) -> list[str]:

@@ -62,12 +62,19 @@ def test_a_full_disk_fails_registration_generically_and_loses_nothing(
                 failure = reply
                 break
         assert failure == {"type": "error", "code": "server_error", "message": "internal error"}
-        # The server stays up. A message that cannot be stored is not sent
-        # either (history promises nothing seen is lost), and its sender is told.
-        alice.send({"type": "say", "text": "not stored, so not sent", "id": "s"})
+        # The server stays up. A message goes out only if it could be stored
+        # (history promises nothing seen is lost): it is refused and its sender
+        # told, or, if the log still had room, it is sent, and kept.
+        alice.send({"type": "say", "text": "stored, or not sent", "id": "s"})
         presence = ("join", "leave")  # of the users registered above
-        assert alice.recv(skip=presence) == {"type": "error", "code": "server_error",
-                                             "message": "internal error", "re": "s"}
+        reply = alice.recv(skip=presence)
+        if reply["type"] == "message":
+            sent = reply["id"]
+            assert alice.recv(skip=presence) == {"type": "ok", "re": "s", "message": sent}
+        else:
+            sent = None
+            assert reply == {"type": "error", "code": "server_error",
+                             "message": "internal error", "re": "s"}
         alice.send({"type": "ping", "id": "p"})
         assert alice.recv(skip=presence) == {"type": "pong", "re": "p"}
         again = Client(server.address)
@@ -78,6 +85,7 @@ def test_a_full_disk_fails_registration_generically_and_loses_nothing(
     assert b"internal failure: database error" in server.log
     assert welcomed
     from authchat.store import Store
+    from authchat.store.messages import MessageLog
     from helpers import server_config
 
     store = Store.from_config(server_config(home))
@@ -85,3 +93,5 @@ def test_a_full_disk_fails_registration_generically_and_loses_nothing(
     names = {u.username for u in store.list_users()}
     assert set(welcomed) <= names  # every acknowledged registration is there
     assert len(names) == len(welcomed) + 1
+    stored = [m.text for m in MessageLog(store).room_page()[0]]
+    assert stored == (["stored, or not sent"] if sent is not None else [])
