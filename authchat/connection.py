@@ -51,6 +51,7 @@ from .protocol import (
 )
 from .room import Outbox
 from .store import User
+from .store.messages import StoredMessage
 from .transport import PlainTransport, TLSTransport, TransportClosed
 
 if TYPE_CHECKING:
@@ -350,16 +351,13 @@ class Connection:
 
     def _chat(self, user: User) -> None:
         session = Session(self, user)
-        journal = self.server.journal
-        waiting = self.server.off_thread(journal.waiting_for, user.username) if journal else []
+        waiting = self._waiting_dms(user)
         admitted = self.server.room.enter(
             session, lambda names: protocol.encode(
                 protocol.welcome(user.username, user.role, names, self._welcome_re)),
             waiting_frames(waiting))
-        if admitted and waiting and journal is not None:
-            # Given to the session's queue: at most once from here on (a crash
-            # before it is sent loses these; one before this line repeats them).
-            self.server.off_thread(journal.log.mark_delivered, [m.id for m in waiting])
+        if admitted and waiting:
+            self._given(waiting)
         self.protocol.authenticated()
         self.authenticated = True
         self.server.mark_authenticated()
@@ -380,6 +378,28 @@ class Connection:
                 log.warning("writer never finished with %s", escape(session.username))
                 self.transport_shutdown()
                 session.finished.wait(EVICTION_GRACE_S)
+
+    def _waiting_dms(self, user: User) -> list[StoredMessage]:
+        """DMs kept for this account; none if the database cannot say now (they
+        stay kept, for the next login)."""
+        journal = self.server.journal
+        if journal is None:
+            return []
+        try:
+            return self.server.off_thread(journal.waiting_for, user.username)
+        except AuthchatError as e:
+            log.warning("could not read the DMs kept for %s: %s", escape(user.username), e)
+            return []
+
+    def _given(self, waiting: list[StoredMessage]) -> None:
+        """Kept DMs are now in the session's queue: at most once from here on (a
+        crash before they are sent loses them; if this fails, they come again)."""
+        assert self.server.journal is not None
+        try:
+            self.server.off_thread(self.server.journal.log.mark_delivered,
+                                   [m.id for m in waiting])
+        except AuthchatError as e:
+            log.warning("could not mark %d kept DMs as given: %s", len(waiting), e)
 
     def _read_loop(self, session: Session) -> None:
         assert self.transport is not None

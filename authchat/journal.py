@@ -24,12 +24,14 @@ is where they are put in order.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import protocol
-from .errors import AuthchatError, ErrorCode, NoSuchUser
+from .errors import AuthchatError, ErrorCode, NoSuchUser, StorageError
 from .room import Member, Room
 from .store import Store
 from .store.messages import MessageLog, NewMessage, StoredMessage
@@ -65,7 +67,7 @@ class Journal:
         self.store = store
         self.log = MessageLog(store)
         self.room = room
-        self._pending: list[_Entry] = []
+        self._pending: deque[_Entry] = deque()
         self._lock = threading.Condition()
         self._stopping = False
 
@@ -73,7 +75,13 @@ class Journal:
         """The journal thread: commit and publish until stopped."""
         self.log.prepare_writer()  # this thread's connection, opened now, for good
         while (batch := self._take()) is not None:
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except Exception:  # our bug: the senders must not wait for ever, nor the room
+                log.exception("the journal failed on a batch of %d hand-ins", len(batch))
+                for entry in batch:
+                    if not entry.done.is_set():
+                        self._finish(entry, AuthchatError("internal error"))
 
     def stop(self) -> None:
         with self._lock:
@@ -86,7 +94,7 @@ class Journal:
         """Store and broadcast `texts`; returns their ids once they are out.
 
         Raises:
-            StorageError, StoreBusy, ServerShuttingDown: nothing was stored or sent.
+            StorageError, StoreBusy, ShuttingDown: nothing was stored or sent.
         """
         return self._wait(self._hand_in(_Entry(sender, texts))).ids
 
@@ -127,7 +135,7 @@ class Journal:
             count = 0
             while self._pending and (not batch or count + len(self._pending[0].texts)
                                      <= MAX_BATCH):
-                entry = self._pending.pop(0)
+                entry = self._pending.popleft()
                 batch.append(entry)
                 count += len(entry.texts)
             return batch
@@ -140,8 +148,8 @@ class Journal:
             try:
                 rows += self._rows(entry, ts)
                 live.append(entry)
-            except AuthchatError as e:
-                self._finish(entry, e)
+            except (AuthchatError, sqlite3.Error) as e:
+                self._finish(entry, e if isinstance(e, AuthchatError) else StorageError(str(e)))
         try:
             ids = self.log.append(rows)
         except AuthchatError as e:
