@@ -186,10 +186,11 @@ def _prune_bound(conn: sqlite3.Connection, cutoff: str, max_messages: int) -> in
         if newest_old is not None:
             bounds.append(int(newest_old))
     if max_messages > 0:
-        row = conn.execute("SELECT id FROM messages ORDER BY id DESC LIMIT 1 OFFSET ?",
-                           (max_messages,)).fetchone()
-        if row is not None:
-            bounds.append(int(row[0]))
+        # Ids are dense (never reused, only the oldest deleted), so the newest
+        # max_messages are those above this: found without reading the table.
+        newest = conn.execute("SELECT max(id) FROM messages").fetchone()[0]
+        if newest is not None and newest > max_messages:
+            bounds.append(int(newest) - max_messages)
     return max(bounds) if bounds else None
 
 
