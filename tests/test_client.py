@@ -329,8 +329,7 @@ def test_a_reconnect_after_a_password_change_uses_the_new_password(tmp_path: Pat
         assert chat.change_password(GOOD_PASSWORD, new)["type"] == "ok"
         server.shutdown()
         server = start_server(home, server__port=port)
-        while not (isinstance(event := events.get(timeout=20), Notice) and event.kind == "back"):
-            assert not (isinstance(event, Notice) and event.kind == "ended"), event
+        next_event(events, is_notice("back"))  # logged in again, with the new password
         assert chat.request({"type": "who"})["type"] == "who"
     finally:
         chat.close()

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -115,6 +115,11 @@ class Gui:
             users.event_generate(f"<ButtonPress-{button}>", **where)
             users.event_generate(f"<ButtonRelease-{button}>", **where)
         self.root.update()
+
+    def from_chat_menu(self, label: str) -> None:
+        """Pick an entry of the menu bar's Chat menu."""
+        bar = self.root.nametowidget(self.root.cget("menu"))
+        self.root.nametowidget(bar.entrycget("Chat", "menu")).invoke(label)
 
     def choose(self, menu: tk.Menu, label: str) -> None:
         """Click an entry of a posted menu, as the mouse would (which also unposts it)."""
@@ -516,18 +521,24 @@ def test_reconnects_with_backoff_after_the_server_restarts(gui: Callable[..., Gu
 
 
 @pytest.mark.slow
-def test_a_thousand_messages_arrive_whole_and_in_order(gui: Callable[..., Gui],
-                                                       servers: Callable[..., object]) -> None:
-    server = servers(limits__messages_per_second=10_000, limits__message_burst=10_000)
+def alice_sees_bob(gui: Callable[..., Gui], server: Any) -> tuple[Gui, ChatView, Client]:
+    """alice logged in in the window, bob as a scripted client, and alice seeing him."""
     add_user(server, "alice")
     add_user(server, "bob")
     window = gui(server.address[1])
     window.log_in()
     view = window.view
     bob = Client(server.address)
+    bob.login("bob")
+    window.wait_for(lambda: "bob" in view.listed, "bob online")
+    return window, view, bob
+
+
+def test_a_thousand_messages_arrive_whole_and_in_order(gui: Callable[..., Gui],
+                                                       servers: Callable[..., object]) -> None:
+    server = servers(limits__messages_per_second=10_000, limits__message_burst=10_000)
+    window, view, bob = alice_sees_bob(gui, server)
     try:
-        bob.login("bob")
-        window.wait_for(lambda: "bob" in view.listed, "bob online")
         bob.send(b"".join(f'{{"type":"say","text":"flood {n:04d}"}}\n'.encode()
                           for n in range(1000)))
         text = view.conversations[""].text
@@ -576,9 +587,7 @@ def test_changing_the_password_from_the_menu(gui: Callable[..., Gui],
     elsewhere = Client(server.address)
     try:
         elsewhere.login("alice")
-        menu = window.root.nametowidget(window.root.cget("menu"))
-        chat_menu = window.root.nametowidget(menu.entrycget("Chat", "menu"))
-        chat_menu.invoke("Change password…")
+        window.from_chat_menu("Change password…")
         form = window.dialog("Change password")
         new = "a fresh and much longer passphrase"
         for entry, text in zip(form.entries, [GOOD_PASSWORD, new, new + "typo"]):
@@ -598,18 +607,9 @@ def test_changing_the_password_from_the_menu(gui: Callable[..., Gui],
 
 
 def test_log_out_and_in_again(gui: Callable[..., Gui], servers: Callable[..., object]) -> None:
-    server = servers()
-    add_user(server, "alice")
-    add_user(server, "bob")
-    window = gui(server.address[1])
-    window.log_in()
-    first = window.view
-    bob = Client(server.address)
+    window, first, bob = alice_sees_bob(gui, servers())
     try:
-        bob.login("bob")
-        window.wait_for(lambda: "bob" in first.listed, "bob online")
-        menu = window.root.nametowidget(window.root.cget("menu"))
-        window.root.nametowidget(menu.entrycget("Chat", "menu")).invoke("Log out")
+        window.from_chat_menu("Log out")
         bob.expect("leave", skip=(), username="alice", reason="quit")
         form = window.wait_for(lambda: window.app.form, "the connect form")
         assert form.value("Username") == "alice" and form.value("Password") == ""
