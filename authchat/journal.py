@@ -23,6 +23,7 @@ is where they are put in order.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sqlite3
 import threading
@@ -34,7 +35,7 @@ from . import protocol
 from .errors import AuthchatError, ErrorCode, NoSuchUser, StorageError
 from .room import Member, Room
 from .store import Store
-from .store.messages import MessageLog, NewMessage, StoredMessage
+from .store.messages import DirectMessage, MessageLog, NewMessages, RoomMessages, StoredMessage
 
 log = logging.getLogger(__name__)
 
@@ -142,18 +143,18 @@ class Journal:
 
     def _commit(self, batch: list[_Entry]) -> None:
         ts = protocol.timestamp()
-        rows: list[NewMessage] = []
+        stored: list[NewMessages] = []
         live: list[_Entry] = []
         for entry in batch:
             try:
-                rows += self._rows(entry, ts)
+                stored.append(self._to_store(entry))
                 live.append(entry)
             except (AuthchatError, sqlite3.Error) as e:
                 self._finish(entry, e if isinstance(e, AuthchatError) else StorageError(str(e)))
         try:
-            ids = self.log.append(rows)
+            ids = self.log.append(ts, stored)
         except AuthchatError as e:
-            log.error("could not store %d messages: %s", len(rows), e)
+            log.error("could not store the messages of %d hand-ins: %s", len(live), e)
             for entry in live:
                 self._finish(entry, e)
             return
@@ -161,18 +162,18 @@ class Journal:
         for entry in live:
             entry.ids = ids[position:position + len(entry.texts)]
             position += len(entry.texts)
-            self._publish(entry, ts)
+        self._publish(live, ts)
+        for entry in live:
             self._finish(entry)
 
-    def _rows(self, entry: _Entry, ts: str) -> list[NewMessage]:
+    def _to_store(self, entry: _Entry) -> NewMessages:
         sender = entry.sender.username
         if entry.to is None:
-            return [NewMessage(ts, sender, text) for text in entry.texts]
+            return RoomMessages(sender, entry.texts)
         online = self.room.online_name(entry.to)
         name = online or self._account_name(entry.to)
         entry.to, entry.queued = name, online is None
-        return [NewMessage(ts, sender, entry.texts[0], recipient=name,
-                           delivered=online is not None)]
+        return DirectMessage(sender, name, entry.texts[0], delivered=online is not None)
 
     def _account_name(self, name: str) -> str:
         """How the account spells its name, for a DM to someone offline."""
@@ -182,10 +183,18 @@ class Journal:
             raise NoSuchUser(f"there is no user {name[:64]}")
         return user.username
 
-    def _publish(self, entry: _Entry, ts: str) -> None:
-        if entry.to is None:
-            self.room.say_many(entry.sender, entry.texts, entry.ids, ts)
-            return
+    def _publish(self, entries: list[_Entry], ts: str) -> None:
+        """Give stored entries to the room in id order: a run of room messages
+        in one go, each DM on its own."""
+        for is_room, run in itertools.groupby(entries, key=lambda e: e.to is None):
+            if is_room:
+                self.room.say_stored([(e.sender, e.texts, e.ids[0]) for e in run], ts)
+            else:
+                for entry in run:
+                    self._send_direct(entry, ts)
+
+    def _send_direct(self, entry: _Entry, ts: str) -> None:
+        assert entry.to is not None
         msg_id, text = entry.ids[0], entry.texts[0]
         frame = protocol.encode(protocol.direct_message(
             msg_id, entry.sender.username, entry.to, text, ts))

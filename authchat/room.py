@@ -18,9 +18,10 @@ No sockets and no SQL here: the room is tested in memory.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from . import protocol
@@ -280,26 +281,41 @@ class Room:
         """Broadcast a message to every session, the sender's included; returns its id."""
         return self.say_many(sender, [text])[0]
 
-    def say_many(self, sender: Member, texts: list[str], ids: list[int] | None = None,
-                 ts: str | None = None) -> list[int]:
-        """Broadcast messages in order; returns their ids.
+    def say_many(self, sender: Member, texts: list[str]) -> list[int]:
+        """Broadcast messages in order, numbered by the room; returns their ids.
 
-        `ids` and `ts` are the stored messages' (the journal's); without them
-        the room numbers the messages itself, for a server keeping no history.
+        For a server keeping no history; the journal numbers stored messages
+        and gives them to say_stored.
+        """
+        ts = protocol.timestamp()
+        templates = _templates(sender.username, texts, ts)
+        with self._lock:
+            first = self._last_id + 1
+            self._append(sender.username, texts, first, templates, ts)
+        self.on_broadcast()
+        return list(range(first, first + len(texts)))
+
+    def say_stored(self, runs: Sequence[tuple[Member, list[str], int]], ts: str) -> None:
+        """Broadcast stored messages: runs of (sender, texts, id of the first),
+        in id order, all with the time `ts`; one lock and one wake-up for all.
+
         The frames are encoded before the lock is taken, with only the id left
         to splice in under it, so the lock every sender needs is held briefly.
         """
-        ts = ts or protocol.timestamp()
-        templates = [protocol.message_template(sender.username, text, ts) for text in texts]
+        encoded = [(sender.username, texts, first, _templates(sender.username, texts, ts))
+                   for sender, texts, first in runs]
         with self._lock:
-            if ids is None:
-                ids = list(range(self._last_id + 1, self._last_id + 1 + len(texts)))
-            self._last_id = max(self._last_id, ids[-1]) if ids else self._last_id
-            for msg_id, (head, tail), text in zip(ids, templates, texts):
-                self.feed.append(head + str(msg_id).encode() + tail)
-                self._recent.append((msg_id, sender.username, text, ts))
+            for name, texts, first, templates in encoded:
+                self._append(name, texts, first, templates, ts)
         self.on_broadcast()
-        return ids
+
+    def _append(self, sender: str, texts: list[str], first: int,
+                templates: list[tuple[bytes, bytes]], ts: str) -> None:
+        """Put messages on the feed and among the recent ones; with the lock held."""
+        for msg_id, (head, tail), text in zip(itertools.count(first), templates, texts):
+            self.feed.append(head + str(msg_id).encode() + tail)
+            self._recent.append((msg_id, sender, text, ts))
+        self._last_id = max(self._last_id, first + len(texts) - 1)
 
     def online_name(self, username: str) -> str | None:
         """How an online account spells its name; None if it has no session."""
@@ -311,7 +327,8 @@ class Room:
                ts: str | None = None) -> int | None:
         """Send a DM to all of `to`'s sessions and the sender's; None if `to` is offline.
 
-        `msg_id` and `ts` as for say_many.
+        `msg_id` and `ts` are the stored DM's (the journal's); without them the
+        room numbers it, as say_many does.
         """
         with self._lock:
             targets = self._members.get(to.lower())
@@ -361,3 +378,7 @@ class Room:
     def _broadcast(self, data: bytes) -> None:
         self.feed.append(data)
         self.on_broadcast()
+
+
+def _templates(sender: str, texts: list[str], ts: str) -> list[tuple[bytes, bytes]]:
+    return [protocol.message_template(sender, text, ts) for text in texts]

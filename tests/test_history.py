@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from authchat.store import Store
-from authchat.store.messages import MessageLog, NewMessage
+from authchat.store.messages import DirectMessage, MessageLog, RoomMessages
 
 from helpers import Client, ServerProcess, add_user, add_users, eventually, logged_in, \
     server_config, start_server
@@ -231,9 +231,9 @@ def test_export_and_purge_from_the_command_line(home: Path, run_cli: Any) -> Non
     add_users(home, "alice")
     store = Store.from_config(server_config(home))
     log = MessageLog(store)
-    log.append([NewMessage("2026-10-01T09:00:00.000Z", "alice", "old news"),
-                NewMessage("2026-11-20T09:00:00.000Z", "alice", "two\nlines"),
-                NewMessage("2026-11-21T09:00:00.000Z", "alice", "psst", recipient="bob")])
+    log.append("2026-10-01T09:00:00.000Z", [RoomMessages("alice", ["old news"])])
+    log.append("2026-11-20T09:00:00.000Z", [RoomMessages("alice", ["two\nlines"])])
+    log.append("2026-11-21T09:00:00.000Z", [DirectMessage("alice", "bob", "psst")])
     store.close()
 
     plain = run_cli("history", "export", check=True).stdout.splitlines()

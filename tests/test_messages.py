@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from authchat import schema
+from authchat.config import Config
 from authchat.store import Store
-from authchat.store.messages import MAX_PAGE, MessageLog, NewMessage
+from authchat.store.messages import (
+    MAX_PAGE,
+    DirectMessage,
+    MessageLog,
+    NewMessages,
+    RoomMessages,
+)
 
 TS = "2026-11-28T10:00:00.000Z"
+NO_TEXT: Any = None  # what a NOT NULL column refuses
 
 
 def says(log: MessageLog, sender: str, *texts: str, ts: str = TS) -> list[int]:
-    return log.append([NewMessage(ts, sender, text) for text in texts])
+    return log.append(ts, [RoomMessages(sender, texts)])
 
 
 def test_ids_are_assigned_in_order_and_never_reused(store: Store) -> None:
@@ -32,20 +42,69 @@ def test_ids_are_assigned_in_order_and_never_reused(store: Store) -> None:
 def test_a_batch_is_all_or_nothing(store: Store) -> None:
     log = MessageLog(store)
     says(log, "alice", "kept")
-    broken = [NewMessage(TS, "bob", "fine"), NewMessage(TS, "bob", None)]  # type: ignore[arg-type]
+    broken = [RoomMessages("bob", ["fine", NO_TEXT])]
     try:
-        log.append(broken)
+        log.append(TS, broken)
     except Exception:
         pass
     else:
         raise AssertionError("a NULL text was stored")
     assert [m.text for m in log.room_page()[0]] == ["kept"]
+    # The room's row is written before the DM's fails: it is rolled back too.
+    mixed: list[NewMessages] = [RoomMessages("bob", ["fine"]),
+                                DirectMessage("bob", "alice", NO_TEXT)]
+    try:
+        log.append(TS, mixed)
+    except Exception:
+        pass
+    else:
+        raise AssertionError("a NULL text was stored")
+    assert [m.text for m in log.room_page()[0]] == ["kept"]
+    assert says(log, "alice", "next") == [2]  # no id was used up by either
+
+
+def test_room_messages_and_dms_share_one_sequence_in_order(store: Store) -> None:
+    log = MessageLog(store)
+    ids = log.append(TS, [RoomMessages("alice", ["room 1"]), RoomMessages("bob", ["room 2"]),
+                          DirectMessage("alice", "bob", "to bob"),
+                          RoomMessages("carol", ["room 3"])])
+    ids += log.append("2026-11-28T10:00:01.000Z", [RoomMessages("carol", ["room 4"])])
+    assert ids == [1, 2, 3, 4, 5]
+    room, _ = log.room_page()
+    assert [(m.id, m.sender, m.text) for m in room] == [
+        (1, "alice", "room 1"), (2, "bob", "room 2"), (4, "carol", "room 3"),
+        (5, "carol", "room 4")]
+    assert room[-1].ts == "2026-11-28T10:00:01.000Z"
+    assert [(m.id, m.text) for m in log.dm_page("bob", "alice")[0]] == [(3, "to bob")]
+    assert [m.id for m in log.since()] == ids
+    assert [m.text for m in log.room_page(before=4, limit=2)[0]] == ["room 1", "room 2"]
+
+
+def test_room_history_written_before_batches_is_carried_over(config: Config) -> None:
+    """A database with messages stored a row each (migration 0003) keeps them all."""
+    store = Store.from_config(config)
+    with store.transaction() as conn:
+        for migration in schema.known_migrations():
+            if migration.version <= 3:
+                schema.apply(conn, migration, TS)
+        conn.executemany(
+            "INSERT INTO messages (ts, sender, recipient, text, delivered) VALUES (?, ?, ?, ?, ?)",
+            [(TS, "alice", None, "old room", 1), (TS, "alice", "bob", "old dm", 0),
+             (TS, "bob", None, "élan \U0001f600 [\"quoted\"]", 1),
+             (TS, "bob", None, "purged", 1)])
+        conn.execute("DELETE FROM messages WHERE text = 'purged'")  # id 4 was given all the same
+    assert [m.version for m in store.migrate()] == [4]
+    log = MessageLog(store)
+    assert [(m.id, m.sender, m.text) for m in log.room_page()[0]] == [
+        (1, "alice", "old room"), (3, "bob", "élan \U0001f600 [\"quoted\"]")]
+    assert [m.text for m in log.waiting_for("BOB")] == ["old dm"]
+    assert log.last_id() == 4 and says(log, "carol", "new") == [5]
 
 
 def test_room_pages_go_back_to_the_first_message(store: Store) -> None:
     log = MessageLog(store)
     ids = says(log, "alice", *[f"m{n}" for n in range(450)])
-    log.append([NewMessage(TS, "alice", "private", recipient="bob")])  # not the room's
+    log.append(TS, [DirectMessage("alice", "bob", "private")])  # not the room's
     newest, more = log.room_page(limit=50)
     assert [m.text for m in newest] == [f"m{n}" for n in range(400, 450)] and more
     seen, before = list(newest), newest[0].id
@@ -58,10 +117,10 @@ def test_room_pages_go_back_to_the_first_message(store: Store) -> None:
 
 def test_direct_messages_page_between_two_people_only(store: Store) -> None:
     log = MessageLog(store)
-    log.append([NewMessage(TS, "alice", "hi bob", recipient="bob"),
-                NewMessage(TS, "Bob", "hi alice", recipient="ALICE"),
-                NewMessage(TS, "alice", "hi carol", recipient="carol"),
-                NewMessage(TS, "alice", "to the room")])
+    log.append(TS, [DirectMessage("alice", "bob", "hi bob"),
+                    DirectMessage("Bob", "ALICE", "hi alice"),
+                    DirectMessage("alice", "carol", "hi carol"),
+                    RoomMessages("alice", ["to the room"])])
     page, more = log.dm_page("ALICE", "bob")
     assert [(m.sender, m.text) for m in page] == [("alice", "hi bob"), ("Bob", "hi alice")]
     assert not more
@@ -69,9 +128,9 @@ def test_direct_messages_page_between_two_people_only(store: Store) -> None:
 
 def test_dms_kept_for_someone_offline_are_given_once(store: Store) -> None:
     log = MessageLog(store)
-    log.append([NewMessage(TS, "alice", "while you were out", recipient="bob", delivered=False),
-                NewMessage(TS, "alice", "seen live", recipient="bob"),
-                NewMessage(TS, "carol", "and this", recipient="BOB", delivered=False)])
+    log.append(TS, [DirectMessage("alice", "bob", "while you were out", delivered=False),
+                    DirectMessage("alice", "bob", "seen live"),
+                    DirectMessage("carol", "BOB", "and this", delivered=False)])
     waiting = log.waiting_for("bob")
     assert [m.text for m in waiting] == ["while you were out", "and this"]
     log.mark_delivered([m.id for m in waiting])

@@ -1,8 +1,14 @@
 """The message history: room messages and direct messages, in the store's file.
 
 Writes come in batches (`append`), one transaction each, so that a server
-can commit many messages with one sync of the disk; SQLite assigns the ids,
-and AUTOINCREMENT keeps them strictly increasing across restarts and purges.
+can commit many messages with one sync of the disk. The room's messages of
+a batch go into one row of `room_batches`, as a JSON list, because a row a
+message cost SQLite more than the rest of a broadcast (migration 0004); DMs
+stay a row each in `direct_messages`, where they are paged per pair of
+people and marked as given. Both take their ids from one counter in the same
+transaction, so ids are strictly increasing across restarts and purges, and
+consecutive within a batch.
+
 Reads are pages in id order. Pruning deletes in bounded batches, each its
 own short transaction, so that it never holds the write lock long enough to
 stall the messages being written meanwhile.
@@ -12,31 +18,42 @@ Names, not account ids: a deleted account's messages stay, under its name.
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple, cast
 
 from . import Store, _audit
 
 MAX_PAGE = 200
-PRUNE_BATCH = 1000
+PRUNE_BATCH = 1000  # messages a pruning transaction deletes, roughly
 WRITER_CACHE_KIB = 256
-_COLUMNS = "id, ts, sender, recipient, text"
+_DM_COLUMNS = "id, ts, sender, recipient, text"
+_BATCH_COLUMNS = "last_id, first_id, ts, messages"
+NO_ID = 2**63 - 1  # above every id: "before" nothing
 
 
-class NewMessage(NamedTuple):
-    """A message accepted, not yet stored: `recipient` None for the room.
+class RoomMessages(NamedTuple):
+    """One sender's messages to the room, accepted, not yet stored; in order."""
 
-    A tuple in the INSERT's column order, so a batch goes to SQLite as it is.
-    """
-
-    ts: str
     sender: str
+    texts: Sequence[str]
+
+
+class DirectMessage(NamedTuple):
+    """A DM accepted, not yet stored."""
+
+    sender: str
+    recipient: str
     text: str
-    recipient: str | None = None
-    delivered: bool = True  # False: a DM for someone with no session, kept for them
+    delivered: bool = True  # False: kept for someone with no session, till their login
+
+
+NewMessages = RoomMessages | DirectMessage
 
 
 @dataclass(frozen=True)
@@ -62,58 +79,33 @@ class MessageLog:
         """
         self.store.connection().execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
 
-    def append(self, messages: Sequence[NewMessage]) -> list[int]:
-        """Store `messages` in one transaction, in order; returns their ids.
+    # -- writing --------------------------------------------------------------
+
+    def append(self, ts: str, batch: Sequence[NewMessages]) -> list[int]:
+        """Store `batch` with the time `ts`, in one transaction, in order;
+        returns the ids of its messages.
 
         The ids are consecutive: the transaction holds the write lock, so no
-        other insert comes between, and AUTOINCREMENT gives each row the
-        highest id yet plus one.
+        other writer takes ids between. Room messages next to each other in
+        `batch` become one row.
 
         Raises:
             StoreBusy, StorageError: nothing was stored.
+            TypeError: a sender or text is not a string; nothing was stored.
         """
-        if not messages:
+        count = sum(len(m.texts) if type(m) is RoomMessages else 1 for m in batch)
+        if not count:
             return []
         with self.store.transaction() as conn:
-            conn.executemany("INSERT INTO messages (ts, sender, text, recipient, delivered) "
-                             "VALUES (?, ?, ?, ?, ?)", messages)
-            last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
-        return list(range(last - len(messages) + 1, last + 1))
-
-    def last_id(self) -> int:
-        """The highest id ever given (deleted rows included); 0 before the first."""
-        row = self.store.connection().execute(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
-        return int(row[0]) if row else 0
-
-    def room_page(self, before: int | None = None,
-                  limit: int = MAX_PAGE) -> tuple[list[StoredMessage], bool]:
-        """Up to `limit` room messages older than `before` (None: the newest),
-        oldest first, and whether there are older ones still."""
-        return self._page("recipient IS NULL", (), before, limit)
-
-    def dm_page(self, account: str, other: str, before: int | None = None,
-                limit: int = MAX_PAGE) -> tuple[list[StoredMessage], bool]:
-        """The same for the direct messages between `account` and `other`, both ways."""
-        return self._page("((sender = ? AND recipient = ?) OR (sender = ? AND recipient = ?))",
-                          (account, other, other, account), before, limit)
-
-    def _page(self, where: str, args: tuple[str, ...], before: int | None,
-              limit: int) -> tuple[list[StoredMessage], bool]:
-        limit = max(1, min(limit, MAX_PAGE))
-        bound = "" if before is None else " AND id < ?"
-        rows = self.store.connection().execute(
-            f"SELECT {_COLUMNS} FROM messages WHERE {where}{bound} ORDER BY id DESC LIMIT ?",
-            (*args, *(() if before is None else (before,)), limit + 1)).fetchall()
-        more = len(rows) > limit
-        return [_message(row) for row in reversed(rows[:limit])], more
-
-    def waiting_for(self, recipient: str) -> list[StoredMessage]:
-        """The DMs kept for `recipient` while they had no session, oldest first."""
-        rows = self.store.connection().execute(
-            f"SELECT {_COLUMNS} FROM messages WHERE recipient = ? AND delivered = 0 "
-            "ORDER BY id", (recipient,)).fetchall()
-        return [_message(row) for row in rows]
+            first = _take_ids(conn, count)
+            next_id = first
+            for room, run in itertools.groupby(batch, key=_is_room):
+                if room:
+                    next_id += _insert_room_batch(conn, next_id, ts,
+                                                  cast(Iterator[RoomMessages], run))
+                else:
+                    next_id += _insert_dms(conn, next_id, ts, cast(Iterator[DirectMessage], run))
+        return list(range(first, next_id))
 
     def mark_delivered(self, ids: Sequence[int]) -> None:
         self._set_delivered(ids, True)
@@ -124,21 +116,48 @@ class MessageLog:
 
     def _set_delivered(self, ids: Sequence[int], delivered: bool) -> None:
         with self.store.transaction() as conn:
-            conn.executemany("UPDATE messages SET delivered = ? WHERE id = ?",
+            conn.executemany("UPDATE direct_messages SET delivered = ? WHERE id = ?",
                              [(int(delivered), i) for i in ids])
+
+    # -- reading --------------------------------------------------------------
+
+    def last_id(self) -> int:
+        """The highest id ever given (deleted messages included); 0 before the first."""
+        return _last_id(self.store.connection())
+
+    def room_page(self, before: int | None = None,
+                  limit: int = MAX_PAGE) -> tuple[list[StoredMessage], bool]:
+        """Up to `limit` room messages older than `before` (None: the newest),
+        oldest first, and whether there are older ones still."""
+        limit = _page_size(limit)
+        newest_first = _room_newest_first(self.store.connection(), _below(before), limit + 1)
+        return list(reversed(newest_first[:limit])), len(newest_first) > limit
+
+    def dm_page(self, account: str, other: str, before: int | None = None,
+                limit: int = MAX_PAGE) -> tuple[list[StoredMessage], bool]:
+        """The same for the direct messages between `account` and `other`, both ways."""
+        limit = _page_size(limit)
+        rows = self.store.connection().execute(
+            f"SELECT {_DM_COLUMNS} FROM direct_messages "
+            "WHERE ((sender = ? AND recipient = ?) OR (sender = ? AND recipient = ?)) "
+            "AND id < ? ORDER BY id DESC LIMIT ?",
+            (account, other, other, account, _below(before), limit + 1)).fetchall()
+        return [_dm(row) for row in reversed(rows[:limit])], len(rows) > limit
+
+    def waiting_for(self, recipient: str) -> list[StoredMessage]:
+        """The DMs kept for `recipient` while they had no session, oldest first."""
+        rows = self.store.connection().execute(
+            f"SELECT {_DM_COLUMNS} FROM direct_messages WHERE recipient = ? AND delivered = 0 "
+            "ORDER BY id", (recipient,)).fetchall()
+        return [_dm(row) for row in rows]
 
     def since(self, ts: str | None = None) -> Iterator[StoredMessage]:
         """Every message from `ts` on (None: all), oldest first, read in pages."""
-        after = 0
         conn = self.store.connection()
-        while True:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE id > ? AND ts >= ? ORDER BY id LIMIT ?",
-                (after, ts or "", PRUNE_BATCH)).fetchall()
-            if not rows:
-                return
-            yield from (_message(row) for row in rows)
-            after = rows[-1]["id"]
+        return heapq.merge(_room_since(conn, ts or ""), _dms_since(conn, ts or ""),
+                           key=lambda m: m.id)
+
+    # -- deleting -------------------------------------------------------------
 
     def purge_before(self, ts: str, *, actor: str) -> int:
         """Delete every message older than `ts`, audit-logged; returns how many.
@@ -146,7 +165,11 @@ class MessageLog:
         One transaction, so the purge and its audit row are there, or neither.
         """
         with self.store.transaction() as conn:
-            deleted = conn.execute("DELETE FROM messages WHERE ts < ?", (ts,)).rowcount
+            room = conn.execute("SELECT coalesce(sum(last_id - first_id + 1), 0) "
+                                "FROM room_batches WHERE ts < ?", (ts,)).fetchone()[0]
+            conn.execute("DELETE FROM room_batches WHERE ts < ?", (ts,))
+            dms = conn.execute("DELETE FROM direct_messages WHERE ts < ?", (ts,)).rowcount
+            deleted = int(room) + dms
             _audit(conn, actor, "history.purge", "messages",
                    {"before": ts, "deleted": deleted})
         return deleted
@@ -155,7 +178,7 @@ class MessageLog:
               batch: int = PRUNE_BATCH) -> int:
         """Apply the retention rules (0 turns one off); returns how many went.
 
-        Deletes at most `batch` rows a transaction, oldest first, so that
+        Deletes about `batch` messages a transaction, oldest first, so that
         writers wait at most one short batch.
         """
         total = 0
@@ -166,32 +189,167 @@ class MessageLog:
                 last = _prune_bound(conn, cutoff, max_messages)
                 if last is None:
                     return total
-                deleted = conn.execute(
-                    "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id <= ? "
-                    "ORDER BY id LIMIT ?)", (last, batch)).rowcount
-            total += deleted
-            if deleted < batch:
+                dms = _prune_dms(conn, last, batch)
+                room = _prune_room(conn, last, batch)
+            total += dms + room
+            if dms < batch and room < batch:
                 return total
+
+
+# -- the SQL, a statement or two each ------------------------------------------
+
+def _take_ids(conn: sqlite3.Connection, count: int) -> int:
+    """Reserve `count` ids in the caller's write transaction; returns the first."""
+    conn.execute("UPDATE message_ids SET last_id = last_id + ?", (count,))
+    return _last_id(conn) - count + 1
+
+
+def _last_id(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT last_id FROM message_ids").fetchone()[0])
+
+
+def _is_room(message: NewMessages) -> bool:
+    return type(message) is RoomMessages
+
+
+def _insert_dms(conn: sqlite3.Connection, first_id: int, ts: str,
+                dms: Iterable[DirectMessage]) -> int:
+    rows = [(first_id + n, ts, m.sender, m.recipient, m.text, m.delivered)
+            for n, m in enumerate(dms)]
+    conn.executemany("INSERT INTO direct_messages (id, ts, sender, recipient, text, delivered) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", rows)
+    return len(rows)
+
+
+def _insert_room_batch(conn: sqlite3.Connection, first_id: int, ts: str,
+                       runs: Iterable[RoomMessages]) -> int:
+    pairs = [[run.sender, text] for run in runs for text in run.texts]
+    if not pairs:
+        return 0
+    if set(map(type, itertools.chain.from_iterable(pairs))) != {str}:
+        # JSON would take a None that a NOT NULL column would have refused.
+        raise TypeError("a room message's sender and text must be strings")
+    conn.execute(f"INSERT INTO room_batches ({_BATCH_COLUMNS}) VALUES (?, ?, ?, ?)",
+                 (first_id + len(pairs) - 1, first_id, ts,
+                  json.dumps(pairs, ensure_ascii=False)))
+    return len(pairs)
+
+
+def _room_messages(row: sqlite3.Row) -> list[StoredMessage]:
+    """A room_batches row's messages, oldest first."""
+    first, ts = row["first_id"], row["ts"]
+    return [StoredMessage(first + n, ts, sender, None, text)
+            for n, (sender, text) in enumerate(json.loads(row["messages"]))]
+
+
+def _room_newest_first(conn: sqlite3.Connection, before: int,
+                       count: int) -> list[StoredMessage]:
+    """Up to `count` room messages older than `before`, newest first.
+
+    Rows are fetched a few at a time: one can hold a whole commit's messages.
+    """
+    found: list[StoredMessage] = []
+    cursor = conn.execute(f"SELECT {_BATCH_COLUMNS} FROM room_batches WHERE first_id < ? "
+                          "ORDER BY last_id DESC", (before,))
+    try:
+        while len(found) < count and (rows := cursor.fetchmany(16)):
+            for row in rows:
+                found += [m for m in reversed(_room_messages(row)) if m.id < before]
+    finally:
+        cursor.close()  # an open read would hold back the WAL's checkpoints
+    return found[:count]
+
+
+def _room_since(conn: sqlite3.Connection, ts: str) -> Iterator[StoredMessage]:
+    after = 0
+    while rows := conn.execute(
+            f"SELECT {_BATCH_COLUMNS} FROM room_batches WHERE last_id > ? AND ts >= ? "
+            "ORDER BY last_id LIMIT ?", (after, ts, PRUNE_BATCH)).fetchall():
+        for row in rows:
+            yield from _room_messages(row)
+        after = rows[-1]["last_id"]
+
+
+def _dms_since(conn: sqlite3.Connection, ts: str) -> Iterator[StoredMessage]:
+    after = 0
+    while rows := conn.execute(
+            f"SELECT {_DM_COLUMNS} FROM direct_messages WHERE id > ? AND ts >= ? "
+            "ORDER BY id LIMIT ?", (after, ts, PRUNE_BATCH)).fetchall():
+        yield from (_dm(row) for row in rows)
+        after = rows[-1]["id"]
 
 
 def _prune_bound(conn: sqlite3.Connection, cutoff: str, max_messages: int) -> int | None:
     """The highest id the rules let go, or None if nothing is due."""
     bounds = []
     if cutoff:
-        # From the oldest up to the first young message: it reads only what goes.
-        row = conn.execute("SELECT id FROM messages WHERE ts >= ? ORDER BY id LIMIT 1",
-                           (cutoff,)).fetchone()
-        newest_old = conn.execute("SELECT max(id) FROM messages WHERE id < ?",
-                                  (row[0] if row else 2**63 - 1,)).fetchone()[0]
-        if newest_old is not None:
-            bounds.append(int(newest_old))
+        # Everything older than the first young message: reading from the
+        # oldest, in id order, reads only what goes.
+        young = [row[0] for row in (
+            conn.execute("SELECT first_id FROM room_batches WHERE ts >= ? "
+                         "ORDER BY last_id LIMIT 1", (cutoff,)).fetchone(),
+            conn.execute("SELECT id FROM direct_messages WHERE ts >= ? "
+                         "ORDER BY id LIMIT 1", (cutoff,)).fetchone()) if row]
+        bounds.append((min(young) if young else _last_id(conn) + 1) - 1)
     if max_messages > 0:
         # Ids are dense (never reused, only the oldest deleted), so the newest
-        # max_messages are those above this: found without reading the table.
-        newest = conn.execute("SELECT max(id) FROM messages").fetchone()[0]
-        if newest is not None and newest > max_messages:
-            bounds.append(int(newest) - max_messages)
-    return max(bounds) if bounds else None
+        # max_messages are those above this: found without reading the tables.
+        bounds.append(_last_id(conn) - max_messages)
+    bound = max(bounds, default=0)
+    return bound if bound > 0 and _oldest_id(conn) <= bound else None
+
+
+def _oldest_id(conn: sqlite3.Connection) -> int:
+    room = conn.execute("SELECT min(first_id) FROM room_batches").fetchone()[0]
+    dm = conn.execute("SELECT min(id) FROM direct_messages").fetchone()[0]
+    return min((int(i) for i in (room, dm) if i is not None), default=NO_ID)
+
+
+def _prune_dms(conn: sqlite3.Connection, bound: int, batch: int) -> int:
+    return int(conn.execute(
+        "DELETE FROM direct_messages WHERE id IN (SELECT id FROM direct_messages "
+        "WHERE id <= ? ORDER BY id LIMIT ?)", (bound, batch)).rowcount)
+
+
+def _prune_room(conn: sqlite3.Connection, bound: int, batch: int) -> int:
+    """Delete the oldest room rows, about `batch` messages, up to id `bound`.
+
+    A row that reaches past the bound loses only its older messages.
+    """
+    deleted, upto = 0, None
+    for last_id, first_id in conn.execute(
+            "SELECT last_id, first_id FROM room_batches WHERE last_id <= ? "
+            "ORDER BY last_id LIMIT ?", (bound, batch)).fetchall():
+        deleted, upto = deleted + last_id - first_id + 1, last_id
+        if deleted >= batch:
+            break
+    if upto is not None:
+        conn.execute("DELETE FROM room_batches WHERE last_id <= ?", (upto,))
+    if deleted < batch:  # every whole row is gone: cut the one across the bound
+        deleted += _cut_room_batch(conn, bound)
+    return deleted
+
+
+def _cut_room_batch(conn: sqlite3.Connection, bound: int) -> int:
+    """Drop the messages up to `bound` from the row that also holds newer ones."""
+    row = conn.execute(f"SELECT {_BATCH_COLUMNS} FROM room_batches "
+                       "WHERE first_id <= ? AND last_id > ?", (bound, bound)).fetchone()
+    if row is None:
+        return 0
+    gone = bound - int(row["first_id"]) + 1
+    kept = json.loads(row["messages"])[gone:]
+    conn.execute("UPDATE room_batches SET first_id = ?, messages = ? WHERE last_id = ?",
+                 (bound + 1, json.dumps(kept, ensure_ascii=False), row["last_id"]))
+    return gone
+
+
+def _below(before: int | None) -> int:
+    """The id a page ends below: None asks for the newest."""
+    return NO_ID if before is None else before
+
+
+def _page_size(limit: int) -> int:
+    return max(1, min(limit, MAX_PAGE))
 
 
 def timestamp(moment: datetime) -> str:
@@ -199,5 +357,5 @@ def timestamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def _message(row: sqlite3.Row) -> StoredMessage:
+def _dm(row: sqlite3.Row) -> StoredMessage:
     return StoredMessage(row["id"], row["ts"], row["sender"], row["recipient"], row["text"])
