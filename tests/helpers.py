@@ -95,6 +95,8 @@ class Client:
             line = self.recv_line(timeout)
             if not line:
                 raise EOFError("server closed the connection")
+            if not line.endswith(b"\n"):  # the server died while writing it
+                raise EOFError(f"connection cut in the middle of a frame: {line[:80]!r}")
             frame: dict[str, Any] = json.loads(line)
             if frame.get("type") not in skip:
                 return frame
