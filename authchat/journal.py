@@ -34,8 +34,9 @@ from typing import Any
 from . import protocol
 from .errors import AuthchatError, ErrorCode, NoSuchUser, StorageError
 from .room import Member, Room
+from .sanitize import escape
 from .store import Store
-from .store.messages import DirectMessage, MessageLog, NewMessages, RoomMessages, StoredMessage
+from .store.messages import DirectMessage, MessageLog, BatchItem, RoomMessages, StoredMessage
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class Journal:
 
     def _commit(self, batch: list[_Entry]) -> None:
         ts = protocol.timestamp()
-        stored: list[NewMessages] = []
+        stored: list[BatchItem] = []
         live: list[_Entry] = []
         for entry in batch:
             try:
@@ -163,10 +164,8 @@ class Journal:
             entry.ids = ids[position:position + len(entry.texts)]
             position += len(entry.texts)
         self._publish(live, ts)
-        for entry in live:
-            self._finish(entry)
 
-    def _to_store(self, entry: _Entry) -> NewMessages:
+    def _to_store(self, entry: _Entry) -> BatchItem:
         sender = entry.sender.username
         if entry.to is None:
             return RoomMessages(sender, entry.texts)
@@ -184,14 +183,17 @@ class Journal:
         return user.username
 
     def _publish(self, entries: list[_Entry], ts: str) -> None:
-        """Give stored entries to the room in id order: a run of room messages
-        in one go, each DM on its own."""
+        """Give stored entries to the room in id order, a run of room messages
+        in one go and each DM on its own, and tell their senders."""
         for is_room, run in itertools.groupby(entries, key=lambda e: e.to is None):
+            published = list(run)
             if is_room:
-                self.room.say_stored([(e.sender, e.texts, e.ids[0]) for e in run], ts)
+                self.room.say_stored([(e.sender, e.texts, e.ids[0]) for e in published], ts)
             else:
-                for entry in run:
+                for entry in published:
                     self._send_direct(entry, ts)
+            for entry in published:
+                self._finish(entry)
 
     def _send_direct(self, entry: _Entry, ts: str) -> None:
         assert entry.to is not None
@@ -202,9 +204,13 @@ class Journal:
             self.room.to_account(entry.sender.username, frame)
         elif self.room.direct(entry.sender, entry.to, text, msg_id, ts) is None:
             # They left between the check and now: keep it for them after all.
-            self.log.mark_waiting([msg_id])
             self.room.to_account(entry.sender.username, frame)
             entry.queued = True
+            try:
+                self.log.mark_waiting([msg_id])
+            except AuthchatError as e:  # stored all the same: it is in their DM history
+                log.error("could not keep DM %d for %s's next login: %s", msg_id,
+                          escape(entry.to), e)
 
     @staticmethod
     def _finish(entry: _Entry, error: AuthchatError | None = None) -> None:

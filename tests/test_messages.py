@@ -11,9 +11,10 @@ from authchat.config import Config
 from authchat.store import Store
 from authchat.store.messages import (
     MAX_PAGE,
+    MAX_ROW_MESSAGES,
     DirectMessage,
     MessageLog,
-    NewMessages,
+    BatchItem,
     RoomMessages,
 )
 
@@ -51,7 +52,7 @@ def test_a_batch_is_all_or_nothing(store: Store) -> None:
         raise AssertionError("a NULL text was stored")
     assert [m.text for m in log.room_page()[0]] == ["kept"]
     # The room's row is written before the DM's fails: it is rolled back too.
-    mixed: list[NewMessages] = [RoomMessages("bob", ["fine"]),
+    mixed: list[BatchItem] = [RoomMessages("bob", ["fine"]),
                                 DirectMessage("bob", "alice", NO_TEXT)]
     try:
         log.append(TS, mixed)
@@ -113,6 +114,21 @@ def test_room_pages_go_back_to_the_first_message(store: Store) -> None:
         assert 0 < len(page) <= MAX_PAGE
         seen[:0], before = page, page[0].id
     assert [m.id for m in seen] == ids
+
+
+def test_a_long_run_is_stored_in_rows_of_bounded_size(store: Store) -> None:
+    log = MessageLog(store)
+    ids = says(log, "alice", *[f"m{n}" for n in range(2 * MAX_ROW_MESSAGES + 10)])
+    rows = store.connection().execute(
+        "SELECT first_id, last_id FROM room_batches ORDER BY last_id").fetchall()
+    assert [tuple(r) for r in rows] == [
+        (1, MAX_ROW_MESSAGES), (MAX_ROW_MESSAGES + 1, 2 * MAX_ROW_MESSAGES),
+        (2 * MAX_ROW_MESSAGES + 1, 2 * MAX_ROW_MESSAGES + 10)]
+    # A page that starts inside one row and ends in the one before it.
+    before = MAX_ROW_MESSAGES + 3
+    page, more = log.room_page(before=before, limit=5)
+    assert [m.id for m in page] == ids[before - 6:before - 1] and more
+    assert [m.text for m in log.since()] == [f"m{n}" for n in range(2 * MAX_ROW_MESSAGES + 10)]
 
 
 def test_direct_messages_page_between_two_people_only(store: Store) -> None:

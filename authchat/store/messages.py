@@ -2,12 +2,13 @@
 
 Writes come in batches (`append`), one transaction each, so that a server
 can commit many messages with one sync of the disk. The room's messages of
-a batch go into one row of `room_batches`, as a JSON list, because a row a
-message cost SQLite more than the rest of a broadcast (migration 0004); DMs
-stay a row each in `direct_messages`, where they are paged per pair of
-people and marked as given. Both take their ids from one counter in the same
-transaction, so ids are strictly increasing across restarts and purges, and
-consecutive within a batch.
+a batch go into one row of `room_batches` as a JSON list (a few rows when DMs
+come between them, or past MAX_ROW_MESSAGES), because a row a message cost
+SQLite 6.4 µs a message, a fifth and more of the server's broadcast
+throughput (migration 0004); DMs stay a row each in `direct_messages`, where
+they are paged per pair of people and marked as given. Both take their ids
+from one counter in the same transaction, so ids are strictly increasing
+across restarts and purges, and consecutive within a batch.
 
 Reads are pages in id order. Pruning deletes in bounded batches, each its
 own short transaction, so that it never holds the write lock long enough to
@@ -30,11 +31,15 @@ from typing import NamedTuple, cast
 from . import Store, _audit
 
 MAX_PAGE = 200
-PRUNE_BATCH = 1000  # messages a pruning transaction deletes, roughly
+PRUNE_BATCH = 1000  # DMs, and room messages, a pruning transaction deletes, about
+# A room row holds at most this many messages, so that reading one for a page
+# or cutting one for retention stays small whatever the commit's size.
+MAX_ROW_MESSAGES = 256
+ROWS_A_READ = max(1, PRUNE_BATCH // MAX_ROW_MESSAGES)  # room rows an export reads at once
 WRITER_CACHE_KIB = 256
 _DM_COLUMNS = "id, ts, sender, recipient, text"
 _BATCH_COLUMNS = "last_id, first_id, ts, messages"
-NO_ID = 2**63 - 1  # above every id: "before" nothing
+NO_ID = 2**63 - 1  # above every id: a page with no upper bound, a table with no oldest
 
 
 class RoomMessages(NamedTuple):
@@ -53,7 +58,7 @@ class DirectMessage(NamedTuple):
     delivered: bool = True  # False: kept for someone with no session, till their login
 
 
-NewMessages = RoomMessages | DirectMessage
+BatchItem = RoomMessages | DirectMessage
 
 
 @dataclass(frozen=True)
@@ -81,17 +86,17 @@ class MessageLog:
 
     # -- writing --------------------------------------------------------------
 
-    def append(self, ts: str, batch: Sequence[NewMessages]) -> list[int]:
+    def append(self, ts: str, batch: Sequence[BatchItem]) -> list[int]:
         """Store `batch` with the time `ts`, in one transaction, in order;
         returns the ids of its messages.
 
         The ids are consecutive: the transaction holds the write lock, so no
         other writer takes ids between. Room messages next to each other in
-        `batch` become one row.
+        `batch` share a row (up to MAX_ROW_MESSAGES).
 
         Raises:
             StoreBusy, StorageError: nothing was stored.
-            TypeError: a sender or text is not a string; nothing was stored.
+            TypeError: a name or text is not a string; nothing was stored.
         """
         count = sum(len(m.texts) if type(m) is RoomMessages else 1 for m in batch)
         if not count:
@@ -178,8 +183,9 @@ class MessageLog:
               batch: int = PRUNE_BATCH) -> int:
         """Apply the retention rules (0 turns one off); returns how many went.
 
-        Deletes about `batch` messages a transaction, oldest first, so that
-        writers wait at most one short batch.
+        Each transaction deletes the oldest DMs and room rows, about `batch`
+        of each, reading only what it deletes, so that writers wait at most
+        one short batch.
         """
         total = 0
         cutoff = timestamp((now or datetime.now(UTC)) - timedelta(days=keep_days)) \
@@ -208,7 +214,7 @@ def _last_id(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT last_id FROM message_ids").fetchone()[0])
 
 
-def _is_room(message: NewMessages) -> bool:
+def _is_room(message: BatchItem) -> bool:
     return type(message) is RoomMessages
 
 
@@ -216,6 +222,7 @@ def _insert_dms(conn: sqlite3.Connection, first_id: int, ts: str,
                 dms: Iterable[DirectMessage]) -> int:
     rows = [(first_id + n, ts, m.sender, m.recipient, m.text, m.delivered)
             for n, m in enumerate(dms)]
+    _check_strings(itertools.chain.from_iterable(row[2:5] for row in rows))
     conn.executemany("INSERT INTO direct_messages (id, ts, sender, recipient, text, delivered) "
                      "VALUES (?, ?, ?, ?, ?, ?)", rows)
     return len(rows)
@@ -224,15 +231,23 @@ def _insert_dms(conn: sqlite3.Connection, first_id: int, ts: str,
 def _insert_room_batch(conn: sqlite3.Connection, first_id: int, ts: str,
                        runs: Iterable[RoomMessages]) -> int:
     pairs = [[run.sender, text] for run in runs for text in run.texts]
-    if not pairs:
-        return 0
-    if set(map(type, itertools.chain.from_iterable(pairs))) != {str}:
-        # JSON would take a None that a NOT NULL column would have refused.
-        raise TypeError("a room message's sender and text must be strings")
-    conn.execute(f"INSERT INTO room_batches ({_BATCH_COLUMNS}) VALUES (?, ?, ?, ?)",
-                 (first_id + len(pairs) - 1, first_id, ts,
-                  json.dumps(pairs, ensure_ascii=False)))
+    # JSON would take a None that a NOT NULL column would have refused.
+    _check_strings(itertools.chain.from_iterable(pairs))
+    rows = [(start + len(chunk) - 1, start, ts, json.dumps(chunk, ensure_ascii=False))
+            for start, chunk in _chunks(first_id, pairs)]
+    conn.executemany(f"INSERT INTO room_batches ({_BATCH_COLUMNS}) VALUES (?, ?, ?, ?)", rows)
     return len(pairs)
+
+
+def _chunks(first_id: int, pairs: list[list[str]]) -> Iterator[tuple[int, list[list[str]]]]:
+    """(first id, messages) of each row a run of room messages is stored in."""
+    for start in range(0, len(pairs), MAX_ROW_MESSAGES):
+        yield first_id + start, pairs[start:start + MAX_ROW_MESSAGES]
+
+
+def _check_strings(values: Iterable[object]) -> None:
+    if not set(map(type, values)) <= {str}:
+        raise TypeError("a message's names and text must be strings")
 
 
 def _room_messages(row: sqlite3.Row) -> list[StoredMessage]:
@@ -246,15 +261,22 @@ def _room_newest_first(conn: sqlite3.Connection, before: int,
                        count: int) -> list[StoredMessage]:
     """Up to `count` room messages older than `before`, newest first.
 
-    Rows are fetched a few at a time: one can hold a whole commit's messages.
+    Rows are read one at a time, from the one holding `before - 1` down, so a
+    page reads only the rows it shows.
     """
+    # The rows below `before`, and the one it falls inside, if any: found
+    # by the primary key alone.
+    inside = conn.execute("SELECT last_id, first_id FROM room_batches WHERE last_id >= ? "
+                          "ORDER BY last_id LIMIT 1", (before,)).fetchone()
+    upper = inside[0] + 1 if inside and inside[1] < before else before
     found: list[StoredMessage] = []
-    cursor = conn.execute(f"SELECT {_BATCH_COLUMNS} FROM room_batches WHERE first_id < ? "
-                          "ORDER BY last_id DESC", (before,))
+    cursor = conn.execute(f"SELECT {_BATCH_COLUMNS} FROM room_batches WHERE last_id < ? "
+                          "ORDER BY last_id DESC", (upper,))
     try:
-        while len(found) < count and (rows := cursor.fetchmany(16)):
-            for row in rows:
-                found += [m for m in reversed(_room_messages(row)) if m.id < before]
+        for row in cursor:
+            found += [m for m in reversed(_room_messages(row)) if m.id < before]
+            if len(found) >= count:
+                break
     finally:
         cursor.close()  # an open read would hold back the WAL's checkpoints
     return found[:count]
@@ -264,7 +286,7 @@ def _room_since(conn: sqlite3.Connection, ts: str) -> Iterator[StoredMessage]:
     after = 0
     while rows := conn.execute(
             f"SELECT {_BATCH_COLUMNS} FROM room_batches WHERE last_id > ? AND ts >= ? "
-            "ORDER BY last_id LIMIT ?", (after, ts, PRUNE_BATCH)).fetchall():
+            "ORDER BY last_id LIMIT ?", (after, ts, ROWS_A_READ)).fetchall():
         for row in rows:
             yield from _room_messages(row)
         after = rows[-1]["last_id"]
@@ -300,9 +322,9 @@ def _prune_bound(conn: sqlite3.Connection, cutoff: str, max_messages: int) -> in
 
 
 def _oldest_id(conn: sqlite3.Connection) -> int:
-    room = conn.execute("SELECT min(first_id) FROM room_batches").fetchone()[0]
-    dm = conn.execute("SELECT min(id) FROM direct_messages").fetchone()[0]
-    return min((int(i) for i in (room, dm) if i is not None), default=NO_ID)
+    room = conn.execute("SELECT first_id FROM room_batches ORDER BY last_id LIMIT 1").fetchone()
+    dm = conn.execute("SELECT id FROM direct_messages ORDER BY id LIMIT 1").fetchone()
+    return min((int(row[0]) for row in (room, dm) if row), default=NO_ID)
 
 
 def _prune_dms(conn: sqlite3.Connection, bound: int, batch: int) -> int:
@@ -332,9 +354,9 @@ def _prune_room(conn: sqlite3.Connection, bound: int, batch: int) -> int:
 
 def _cut_room_batch(conn: sqlite3.Connection, bound: int) -> int:
     """Drop the messages up to `bound` from the row that also holds newer ones."""
-    row = conn.execute(f"SELECT {_BATCH_COLUMNS} FROM room_batches "
-                       "WHERE first_id <= ? AND last_id > ?", (bound, bound)).fetchone()
-    if row is None:
+    row = conn.execute(f"SELECT {_BATCH_COLUMNS} FROM room_batches WHERE last_id > ? "
+                       "ORDER BY last_id LIMIT 1", (bound,)).fetchone()
+    if row is None or row["first_id"] > bound:
         return 0
     gone = bound - int(row["first_id"]) + 1
     kept = json.loads(row["messages"])[gone:]
