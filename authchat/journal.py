@@ -36,7 +36,7 @@ from .errors import AuthchatError, ErrorCode, NoSuchUser, StorageError
 from .room import Member, Room
 from .sanitize import escape
 from .store import Store
-from .store.messages import DirectMessage, MessageLog, BatchItem, RoomMessages, StoredMessage
+from .store.messages import BatchItem, DirectMessage, MessageLog, RoomMessages, StoredMessage
 
 log = logging.getLogger(__name__)
 
