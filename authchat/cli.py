@@ -29,10 +29,11 @@ from .client import ClientOptions
 from .config import Config, load_config
 from .errors import AuthchatError, ConfigError, StoreBusy, UsernameTaken
 from .logs import setup_logging
+from .protocol import timestamp
 from .sanitize import escape, escape_json
 from .server import Server
 from .store import Store, User
-from .store.messages import MessageLog, timestamp
+from .store.messages import MessageLog
 from .tls import default_known_servers
 from .usernames import validate_username
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, cast
 
+from ..protocol import timestamp  # the form messages carry: text order is time order
 from . import Store, _audit
 
 MAX_PAGE = 200
@@ -372,11 +373,6 @@ def _below(before: int | None) -> int:
 
 def _page_size(limit: int) -> int:
     return max(1, min(limit, MAX_PAGE))
-
-
-def timestamp(moment: datetime) -> str:
-    """As messages carry it (ISO-8601 UTC, milliseconds), so that text order is time order."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _dm(row: sqlite3.Row) -> StoredMessage:
