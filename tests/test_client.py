@@ -319,9 +319,7 @@ def test_a_reconnect_after_a_password_change_uses_the_new_password(tmp_path: Pat
     server = start_server(home)
     add_user(server, "alice")
     port = server.address[1]
-    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    options = ClientOptions(port=port, tls=False, known_servers=tmp_path / "known")
-    chat = Chat(options, "alice", GOOD_PASSWORD, events.put)
+    chat, events = alice_chat(tmp_path, port)
     try:
         chat.start()
         new = "a different and longer passphrase"
@@ -334,6 +332,15 @@ def test_a_reconnect_after_a_password_change_uses_the_new_password(tmp_path: Pat
     finally:
         chat.close()
         server.shutdown()
+
+
+def alice_chat(tmp_path: Path, port: int, **options: Any) -> tuple[Chat, queue.SimpleQueue[Any]]:
+    """alice's Chat, not yet started (plain TCP unless `options` say otherwise),
+    and the queue its events arrive in."""
+    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    settings = ClientOptions(port=port, known_servers=tmp_path / "known",
+                             **{"tls": False, **options})
+    return Chat(settings, "alice", GOOD_PASSWORD, events.put), events
 
 
 def next_event(events: queue.SimpleQueue[Any], wanted: Any, timeout: float = 20) -> Any:
@@ -389,10 +396,7 @@ class ScriptedServer:
 
 def test_a_silent_link_is_pinged_then_counted_as_lost(tmp_path: Path) -> None:
     server = ScriptedServer()
-    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    options = ClientOptions(port=server.port, tls=False, known_servers=tmp_path / "known",
-                            silence_s=0.3)
-    chat = Chat(options, "alice", GOOD_PASSWORD, events.put)
+    chat, events = alice_chat(tmp_path, server.port, silence_s=0.3)
     try:
         server_side = threading.Thread(target=server.let_in, daemon=True)
         server_side.start()
@@ -411,9 +415,7 @@ def test_closing_while_a_reconnect_logs_in_leaves_no_session(tmp_path: Path) -> 
     real = start_server(home)
     add_user(real, "alice")
     port = real.address[1]
-    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    chat = Chat(ClientOptions(port=port, tls=False, known_servers=tmp_path / "known"),
-                "alice", GOOD_PASSWORD, events.put)
+    chat, events = alice_chat(tmp_path, port)
     chat.start()
     real.shutdown()
     scripted = ScriptedServer(port)  # the reconnect will reach this one
@@ -435,10 +437,7 @@ def test_a_changed_certificate_at_reconnect_ends_the_session_with_why(tmp_path: 
     first = start_server(tmp_path / "first", tls__enabled=True)
     add_user(first, "alice")
     port = first.address[1]
-    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    options = ClientOptions(port=port, fingerprint=first.fingerprint,
-                            known_servers=tmp_path / "known")
-    chat = Chat(options, "alice", GOOD_PASSWORD, events.put)
+    chat, events = alice_chat(tmp_path, port, tls=True, fingerprint=first.fingerprint)
     chat.start()
     first.shutdown()
     impostor = start_server(tmp_path / "impostor", tls__enabled=True, server__port=port)

@@ -6,6 +6,8 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from authchat import schema
 from authchat.config import Config
 from authchat.store import Store
@@ -43,24 +45,15 @@ def test_ids_are_assigned_in_order_and_never_reused(store: Store) -> None:
 def test_a_batch_is_all_or_nothing(store: Store) -> None:
     log = MessageLog(store)
     says(log, "alice", "kept")
-    broken = [RoomMessages("bob", ["fine", NO_TEXT])]
-    try:
-        log.append(TS, broken)
-    except Exception:
-        pass
-    else:
-        raise AssertionError("a NULL text was stored")
-    assert [m.text for m in log.room_page()[0]] == ["kept"]
-    # The room's row is written before the DM's fails: it is rolled back too.
-    mixed: list[BatchItem] = [RoomMessages("bob", ["fine"]),
-                                DirectMessage("bob", "alice", NO_TEXT)]
-    try:
-        log.append(TS, mixed)
-    except Exception:
-        pass
-    else:
-        raise AssertionError("a NULL text was stored")
-    assert [m.text for m in log.room_page()[0]] == ["kept"]
+    broken: list[list[BatchItem]] = [
+        [RoomMessages("bob", ["fine", NO_TEXT])],
+        # The room's row is written before the DM's fails: it is rolled back too.
+        [RoomMessages("bob", ["fine"]), DirectMessage("bob", "alice", NO_TEXT)],
+    ]
+    for batch in broken:
+        with pytest.raises(Exception):  # a NULL text is never stored
+            log.append(TS, batch)
+        assert [m.text for m in log.room_page()[0]] == ["kept"]
     assert says(log, "alice", "next") == [2]  # no id was used up by either
 
 
