@@ -49,6 +49,11 @@ MAX_AUTH_FAILURES = 3      # failed register/login attempts before the connectio
 MAX_PREAUTH_FRAMES = 10    # frames a client may send before it has logged in
 MAX_SAFE_INTEGER = 2**53 - 1
 MAX_HISTORY_PAGE = 200     # messages in one `history` answer
+# The deepest frame either side sends is a history page (object > list >
+# object). json's decoder recurses once per level, and deep enough input
+# overflows the C stack before any RecursionError on some interpreters
+# (3.13 among them), so deeper frames are refused before they are decoded.
+MAX_NESTING = 3
 
 # C0 and C1 controls, DEL and lone surrogates are refused in any text; a
 # message may still contain newlines and tabs.
@@ -214,6 +219,24 @@ class FrameDecoder:
         return len(self._buffer)
 
 
+# A JSON string, escapes included (unrolled, so it runs in linear time).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_A_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def nests_deeper_than(line: bytes, limit: int) -> bool:
+    """Whether `line`'s arrays and objects nest more than `limit` deep, found
+    in time linear in its length; brackets inside strings do not count."""
+    if line.count(b"[") + line.count(b"{") <= limit:
+        return False  # the usual frame: too few brackets to nest that deep
+    depth = 0
+    for byte in _JSON_STRING.sub(b"", line).translate(None, _NOT_A_BRACKET):
+        depth += 1 if byte in b"[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -230,13 +253,17 @@ def decode_frame(line: bytes) -> dict[str, Any]:
     Raises:
         ProtocolError: bad_frame for anything that is not a UTF-8 JSON object.
     """
+    if nests_deeper_than(line, MAX_NESTING):
+        raise ProtocolError(ErrorCode.BAD_FRAME,
+                            f"frame nests deeper than {MAX_NESTING} levels")
     try:
         text = line.decode("utf-8")
         frame = _DECODER.decode(text)
     except UnicodeDecodeError:
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame is not valid UTF-8") from None
     except (ValueError, RecursionError):
-        # RecursionError: json raises it, not ValueError, on deeply nested input
+        # RecursionError: json raises it, not ValueError, on nesting too deep
+        # for the interpreter's limit (a second line of defence after the scan)
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame is not valid JSON") from None
     if not isinstance(frame, dict):
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame is not a JSON object")

@@ -61,7 +61,6 @@ HOUSEKEEPING_INTERVAL_S = 0.5
 RELEASE_MEMORY_INTERVAL_S = 10.0
 ACCEPT_POLL_S = 0.5
 ACCEPT_BACKOFF_S = 0.1
-THREAD_STACK_BYTES = 512 * 1024
 WRITER_THREADS = 2             # 1 measured no better at 10 clients: docs/benchmarks.md
 REFUSAL_THREADS = 16           # TLS refusals in flight at once; past that, just close
 HASH_QUEUE_PER_SLOT = 4        # bcrypt waiters allowed per concurrent hash
@@ -124,7 +123,6 @@ class Server:
         if cfg.tls.enabled:
             self.tls_context, self.fingerprint = server_context(cfg)
         _raise_open_files_limit()
-        threading.stack_size(THREAD_STACK_BYTES)
         self._listener = socket.create_server((cfg.server.host, cfg.server.port), backlog=1024,
                                               family=_family(cfg.server.host))
         if self.journal is not None:

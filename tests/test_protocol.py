@@ -107,6 +107,26 @@ def test_bad_frames_are_violations_not_exceptions(line: bytes, code: ErrorCode) 
     assert events(proto, b'{"type":"ping"}\n') == [Ping(None)]
 
 
+@pytest.mark.parametrize("line", [
+    b"[" * 8000,
+    b'{"type":"say","text":"hi","x":[[[1]]]}',
+    b'{"type":"ping","x":{"y":{"z":{}}}}',
+])
+def test_frames_nested_deeper_than_any_valid_one_are_refused_before_decoding(
+        line: bytes) -> None:
+    [violation] = events(logged_in_protocol(), line + b"\n")
+    assert violation == Violation(ErrorCode.BAD_FRAME, "frame nests deeper than 3 levels")
+
+
+def test_nesting_counts_brackets_outside_strings_only() -> None:
+    text = '[[[{{{ \\" [[[[ \\\\'
+    frame = json.dumps({"type": "say", "text": text}).encode()
+    assert events(logged_in_protocol(), frame + b"\n") == [Say(None, text.strip())]
+    history_page = b'{"type":"history","messages":[{"type":"message","id":1}],"more":false}'
+    assert not protocol.nests_deeper_than(history_page, protocol.MAX_NESTING)
+    assert protocol.nests_deeper_than(b'{"a":[{"b":[]}]}', 3)
+
+
 def test_violations_carry_the_request_id_when_there_is_one() -> None:
     proto = logged_in_protocol()
     (violation,) = events(proto, b'{"type":"fly","id":"x1"}\n')

@@ -95,3 +95,20 @@ def test_a_full_disk_fails_registration_generically_and_loses_nothing(
     assert len(names) == len(welcomed) + 1
     stored = [m.text for m in MessageLog(store).room_page()[0]]
     assert stored == (["stored, or not sent"] if sent is not None else [])
+
+
+def test_a_deeply_nested_frame_is_refused_and_the_server_lives_on(home: Path) -> None:
+    # On Python 3.13 this frame once overflowed a connection thread's stack and
+    # killed the process: json's decoder recursed before the depth was checked.
+    server = ServerProcess(home, "--no-tls")
+    try:
+        client = Client(server.address)
+        client.hello()
+        client.send(b"[" * 8000 + b"\n")
+        client.expect_error("bad_frame", message="frame nests deeper than 3 levels")
+        client.send({"type": "ping", "id": "p"})
+        client.expect("pong", re="p")
+        assert server.proc.poll() is None
+        assert server.terminate() == 0
+    finally:
+        server.kill()
