@@ -9,6 +9,7 @@ import json
 import re
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -145,7 +146,20 @@ def test_a_fatal_violation_is_the_last_event(pieces: list[bytes]) -> None:
 def test_encoding_a_frame_and_decoding_it_round_trips(frame: dict[str, Any]) -> None:
     line = protocol.encode(frame)
     assert line.endswith(b"\n") and line.count(b"\n") == 1  # one frame is one line
-    assert protocol.decode_frame(line[:-1]) == frame
+    if depth(frame) <= protocol.MAX_NESTING:
+        assert protocol.decode_frame(line[:-1]) == frame
+    else:  # deeper than any frame of the protocol: refused before it is decoded
+        with pytest.raises(ProtocolError, match="nests deeper"):
+            protocol.decode_frame(line[:-1])
+
+
+def depth(value: Any) -> int:
+    """How deeply lists and dicts nest in `value`, counted the obvious way."""
+    if isinstance(value, dict):
+        return 1 + max(map(depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(depth, value), default=0)
+    return 0
 
 
 @fuzz_settings
