@@ -26,6 +26,7 @@ from .errors import (
     BadCredentials,
     ErrorCode,
     NoSuchUser,
+    PasswordChanged,
     RegistrationClosed,
     UsernameTaken,
 )
@@ -84,10 +85,14 @@ class Session:
         self.reader_done = connection.reader_done
         self.finished = threading.Event()  # its writer is done with it
         self._username = user.username
+        # The account, by id: a name can pass to a new account once the old one
+        # is deleted, and nothing of the old one's may go with it.
+        self.account_id = user.id
         self.role = user.role
         # The password this session logged in with; a change made elsewhere ends it.
         self.password_version = user.password_version
-        self.changing_password = False  # this session is making the change itself
+        # The version this session's own change would write, while it is made.
+        self.password_version_changing_to: int | None = None
         limits = connection.server.config.limits
         self.outbox = Outbox(limits.outbound_queue_bytes)
         self.end_reason: str | None = None
@@ -108,6 +113,16 @@ class Session:
                  self.connection.ip)
         self.end(ErrorCode.SLOW_CONSUMER, "you fell too far behind", "slow_consumer",
                  discard=True)
+
+    def password_is_stale(self, current_version: int) -> bool:
+        """Whether the account's password has changed since this session last
+        knew it, other than by its own change in progress."""
+        return current_version > self.password_version \
+            and current_version != self.password_version_changing_to
+
+    def end_for_password_change(self) -> None:
+        self.end(ErrorCode.KICKED, "your password was changed; log in again",
+                 "password_changed")
 
     def reply(self, frame: dict[str, Any]) -> None:
         self.deliver(protocol.encode(frame))
@@ -549,33 +564,60 @@ class Connection:
                     session.reply(protocol.error(ErrorCode.RATE_LIMITED, "the server is busy",
                                                  request.id, 1.0))
                     return
-                # Until this session knows the new version, housekeeping must
-                # not take the change for one made elsewhere.
-                session.changing_password = True
-                try:
-                    user = server.off_thread(self._set_password, session, request)
-                    session.password_version = user.password_version
-                finally:
-                    session.changing_password = False
+                if not self._set_password_of(session, request):
+                    return
         log.info("%s changed their password", escape(session.username))
         session.reply(protocol.ok(request.id))
+
+    def _set_password_of(self, session: Session, request: Passwd) -> bool:
+        """Make the change; False if the session has ended, its password changed
+        elsewhere. Other failures are raised for the caller to answer."""
+        server = self.server
+        session.password_version_changing_to = session.password_version + 1
+        changed = False
+        try:
+            user = server.off_thread(self._set_password, session, request)
+            session.password_version = user.password_version
+            changed = True
+        except PasswordChanged:
+            session.end_for_password_change()
+            return False
+        finally:
+            session.password_version_changing_to = None
+            if not changed:
+                self._end_if_password_changed(session)
+        return True
+
+    def _end_if_password_changed(self, session: Session) -> None:
+        """Housekeeping lets pass a change to the version this session was about
+        to write; if that change was not this session's, the session ends now."""
+        try:
+            user = self.server.off_thread(self.server.store.get_user_by_id, session.account_id)
+        except NoSuchUser:
+            return  # deleted: housekeeping ends it
+        if session.password_is_stale(user.password_version):
+            session.end_for_password_change()
 
     def _set_password(self, session: Session, request: Passwd) -> User:
         server, store = self.server, self.server.store
         try:
-            store.authenticate(session.username, request.old)
+            user = store.change_password(session.account_id, request.old, request.new,
+                                         known_version=session.password_version,
+                                         actor=f"user:{session.username}")
         except BadCredentials:
             server.auth_failed(self.ip, session.username)
             raise
         server.auth_succeeded(self.ip, session.username)
-        return store.set_password(session.username, request.new,
-                                  actor=f"user:{session.username}")
+        return user
 
     def _moderate(self, session: Session, request: Kick | Ban) -> None:
         server, store = self.server, self.server.store
         # the role as it is now, not at login
-        actor = server.off_thread(store.get_user, session.username)
-        if actor.role != "admin" or actor.disabled:
+        try:
+            actor: User | None = server.off_thread(store.get_user_by_id, session.account_id)
+        except NoSuchUser:
+            actor = None
+        if actor is None or actor.role != "admin" or actor.disabled:
             session.reply(protocol.error(ErrorCode.FORBIDDEN, "admins only", request.id))
             return
         if request.username.lower() == session.username.lower():

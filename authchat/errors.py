@@ -80,6 +80,12 @@ class AccountDisabled(AuthchatError):
     code = ErrorCode.ACCOUNT_DISABLED
 
 
+class PasswordChanged(AuthchatError):
+    """Your password was changed; log in again."""
+
+    code = ErrorCode.KICKED
+
+
 class NoSuchUser(AuthchatError):
     """No such user."""
 

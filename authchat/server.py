@@ -368,19 +368,16 @@ class Server:
         deleted account loses them all, a changed password all but the one
         that changed it, a new role applies at once."""
         members = self.room.members()
-        current = self.store.lookup_users({m.username for m in members})
+        current = self.store.users_by_id({m.account_id for m in members
+                                          if isinstance(m, Session)})
         for member in members:
             assert isinstance(member, Session)
-            user = current.get(member.username.lower())
+            user = current.get(member.account_id)
             if user is None or user.disabled:
                 member.end(ErrorCode.ACCOUNT_DISABLED, "your account has been disabled",
                            "disabled")
-            # Newer, not different: `current` may predate a change this
-            # session has just made and already knows of.
-            elif user.password_version > member.password_version \
-                    and not member.changing_password:
-                member.end(ErrorCode.KICKED, "your password was changed; log in again",
-                           "password_changed")
+            elif member.password_is_stale(user.password_version):
+                member.end_for_password_change()
             elif user.role != member.role:
                 member.role = user.role
                 log.info("role of %s is now %s", escape(member.username), user.role)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import threading
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from authchat import __version__
+from authchat.errors import BadCredentials
 
 from conftest import GOOD_PASSWORD, Runner
 from helpers import Client, add_user, add_users, eventually, logged_in
@@ -581,6 +583,58 @@ def test_a_password_change_ends_the_other_sessions(servers: Any, run_cli: Runner
     here.expect_error("kicked", skip=("join", "leave", "message", "ok"))
     leave = wait_for_frame(bob, "leave", timeout=2.0)
     assert leave == {"type": "leave", "username": "alice", "reason": "password_changed"}
+
+
+class PasswdLoop(threading.Thread):
+    """A session that knows the password and keeps setting it again, as an
+    attacker holding a stolen session might to undo an admin's reset."""
+
+    def __init__(self, client: Client, password: str) -> None:
+        super().__init__(daemon=True)
+        self.client, self.password = client, password
+        self.started_looping = threading.Event()
+        self.ended_with: dict[str, Any] | None = None
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 20
+        for n in itertools.count():
+            if time.monotonic() > deadline:
+                return
+            self.client.send({"type": "passwd", "old": self.password, "new": self.password,
+                              "id": n})
+            try:
+                reply = self.client.recv(skip=("join", "leave", "message"))
+            except (EOFError, OSError):
+                return
+            if reply.get("re") != n:  # not the answer to a passwd: the session's end
+                self.ended_with = reply
+                return
+            self.started_looping.set()
+
+
+def test_an_admin_reset_wins_over_a_session_resetting_the_old_password(
+        servers: Any, run_cli: Runner) -> None:
+    # At a real cost each passwd takes long enough (two hashes) for the
+    # admin's commit to land while one is being checked, as it would in use.
+    server = servers(auth__bcrypt_cost=10, limits__failed_logins_per_account=1000,
+                     limits__failed_logins_per_ip_per_minute=1000)
+    add_user(server, "alice")
+    known = GOOD_PASSWORD
+    for round_ in range(3):
+        session = Client(server.address)
+        session.login("alice", known)
+        attacker = PasswdLoop(session, known)
+        attacker.start()
+        assert attacker.started_looping.wait(10)
+        reset = f"the admin chose round {round_} words"
+        run_cli("users", "passwd", "alice", "--password-stdin", input=reset + "\n", check=True)
+        attacker.join(10)
+        assert attacker.ended_with is not None and attacker.ended_with["code"] == "kicked", \
+            attacker.ended_with
+        assert server.store.authenticate("alice", reset)
+        with pytest.raises(BadCredentials):
+            server.store.authenticate("alice", known)
+        known = reset
 
 
 def test_a_rehash_at_a_new_cost_is_not_a_password_change(tmp_path: Path, servers: Any) -> None:

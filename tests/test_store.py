@@ -16,6 +16,7 @@ from authchat.errors import (
     InvalidUsername,
     NoSuchInvite,
     NoSuchUser,
+    PasswordChanged,
     RegistrationClosed,
     SchemaError,
     UsernameTaken,
@@ -160,6 +161,23 @@ def test_login_rehashes_a_lower_cost_hash(store: Store, config: Config, tmp_path
     assert upgraded.password_hash("alice") == new_hash  # no rehash once up to date
     with pytest.raises(BadCredentials):
         upgraded.authenticate("alice", OTHER_PASSWORD)
+
+
+def test_an_own_password_change_is_written_only_over_the_version_it_checked(
+        store: Store) -> None:
+    alice = store.create_user("alice", GOOD_PASSWORD, actor="test")
+    store.set_password("alice", OTHER_PASSWORD, actor="cli:op")  # an admin's reset
+    with pytest.raises(PasswordChanged):  # checked against the version before it
+        store.change_password(alice.id, GOOD_PASSWORD, "a phrase the session wants",
+                              known_version=alice.password_version, actor="user:alice")
+    assert store.authenticate("alice", OTHER_PASSWORD).password_version == 1
+    with pytest.raises(BadCredentials):
+        store.change_password(alice.id, GOOD_PASSWORD, "a phrase the session wants",
+                              known_version=1, actor="user:alice")
+    changed = store.change_password(alice.id, OTHER_PASSWORD, "a phrase the session wants",
+                                    known_version=1, actor="user:alice")
+    assert changed.password_version == 2
+    assert [e.actor for e in store.audit_entries()][-2:] == ["cli:op", "user:alice"]
 
 
 def test_every_account_change_is_audited(store: Store) -> None:

@@ -42,6 +42,7 @@ from ..errors import (
     BadCredentials,
     NoSuchInvite,
     NoSuchUser,
+    PasswordChanged,
     RegistrationClosed,
     SchemaError,
     StorageError,
@@ -309,6 +310,9 @@ class Store:
             raise NoSuchUser(f"no such user: {username}")
         return _user(row)
 
+    def get_user_by_id(self, user_id: int) -> User:
+        return self._user_by_id(self.connection(), user_id)
+
     def list_users(self) -> list[User]:
         rows = self.connection().execute(
             f"SELECT {_USER_COLUMNS} FROM users ORDER BY username COLLATE NOCASE")
@@ -316,15 +320,19 @@ class Store:
 
     def lookup_users(self, usernames: set[str]) -> dict[str, User]:
         """The accounts that exist among `usernames`, keyed by lower-cased name."""
-        found: dict[str, User] = {}
-        names = sorted(usernames)
-        for start in range(0, len(names), 500):  # stay under SQLite's variable limit
-            chunk = names[start:start + 500]
-            rows = self.connection().execute(
-                f"SELECT {_USER_COLUMNS} FROM users WHERE username IN "
-                f"({', '.join('?' * len(chunk))})", chunk)
-            found.update((row["username"].lower(), _user(row)) for row in rows)
-        return found
+        return {user.username.lower(): user for user in self._users_in("username", usernames)}
+
+    def users_by_id(self, user_ids: set[int]) -> dict[int, User]:
+        """The accounts that still exist among `user_ids`."""
+        return {user.id: user for user in self._users_in("id", user_ids)}
+
+    def _users_in(self, column: str, values: set[Any]) -> Iterator[User]:
+        ordered = sorted(values)
+        for start in range(0, len(ordered), 500):  # stay under SQLite's variable limit
+            chunk = ordered[start:start + 500]
+            yield from map(_user, self.connection().execute(
+                f"SELECT {_USER_COLUMNS} FROM users WHERE {column} IN "
+                f"({', '.join('?' * len(chunk))})", chunk))
 
     def password_hash(self, username: str) -> str:
         """The stored hash, for tests and `db` diagnostics; never logged."""
@@ -334,7 +342,42 @@ class Store:
             raise NoSuchUser(f"no such user: {username}")
         return str(row["password_hash"])
 
+    def change_password(self, user_id: int, old: str, new: str, *, known_version: int,
+                        actor: str) -> User:
+        """A user's own change: `old` must be the password of `known_version`,
+        and the change is written only if that is still the current version.
+
+        The check and the write are one compare-and-swap on password_version,
+        so a change made meanwhile (an admin's reset) is never overwritten by
+        one checked against the password it replaced.
+
+        Raises:
+            PasswordChanged: the password is no longer that of `known_version`;
+                nothing was written.
+            BadCredentials: `old` is wrong.
+            InvalidPassword: `new` breaks the policy.
+        """
+        row = self.connection().execute(
+            f"SELECT {_USER_COLUMNS}, password_hash FROM users WHERE id = ?",
+            (user_id,)).fetchone()
+        if row is None or row["password_version"] != known_version:
+            raise PasswordChanged()
+        self.policy.check(new, row["username"])  # first: it costs no hash
+        if not self.hasher.verify(old, row["password_hash"]):
+            raise BadCredentials()
+        password_hash = self.hasher.hash(new)  # outside the transaction: slow
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE users SET password_hash = ?, password_version = password_version + 1,"
+                " updated_at = ? WHERE id = ? AND password_version = ?",
+                (password_hash, utc_now(), user_id, known_version))
+            if cursor.rowcount == 0:
+                raise PasswordChanged()
+            _audit(conn, actor, "user.passwd", row["username"], {})
+            return self._user_by_id(conn, user_id)
+
     def set_password(self, username: str, password: str, *, actor: str) -> User:
+        """An operator's reset: whatever the password was, it is now this one."""
         user = self.get_user(username)
         self.policy.check(password, user.username)
         password_hash = self.hasher.hash(password)
