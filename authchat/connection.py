@@ -120,6 +120,11 @@ class Session:
         return current_version > self.password_version \
             and current_version != self.password_version_changing_to
 
+    def end_for_account_gone(self) -> None:
+        """Disabled or deleted: a deleted account's sessions are ended as a
+        disabled one's are."""
+        self.end(ErrorCode.ACCOUNT_DISABLED, "your account has been disabled", "disabled")
+
     def end_for_password_change(self) -> None:
         self.end(ErrorCode.KICKED, "your password was changed; log in again",
                  "password_changed")
@@ -366,6 +371,7 @@ class Connection:
 
     def _chat(self, user: User) -> None:
         session = Session(self, user)
+        self._end_sessions_of_a_former_holder(user)
         waiting = self._waiting_dms(user)
         admitted = self.server.room.enter(
             session, lambda names: protocol.encode(
@@ -394,6 +400,15 @@ class Connection:
                 self.transport_shutdown()
                 session.finished.wait(EVICTION_GRACE_S)
 
+    def _end_sessions_of_a_former_holder(self, user: User) -> None:
+        """Sessions under this name that belong to another account belong to
+        a deleted one (names are unique among accounts): end them before this
+        one enters, so that nothing meant for either reaches the other."""
+        for member in self.server.room.sessions_of(user.username):
+            assert isinstance(member, Session)
+            if member.account_id != user.id:
+                member.end_for_account_gone()
+
     def _waiting_dms(self, user: User) -> list[StoredMessage]:
         """DMs kept for this account; none if the database cannot say now (they
         stay kept, for the next login)."""
@@ -401,7 +416,7 @@ class Connection:
         if journal is None:
             return []
         try:
-            return self.server.off_thread(journal.waiting_for, user.username)
+            return self.server.off_thread(journal.waiting_for, user.id)
         except AuthchatError as e:
             log.warning("could not read the DMs kept for %s: %s", escape(user.username), e)
             return []
@@ -543,7 +558,7 @@ class Connection:
             page, more = self.server.off_thread(journal.log.room_page, request.before,
                                                 request.limit)
         else:
-            page, more = self.server.off_thread(journal.log.dm_page, session.username,
+            page, more = self.server.off_thread(journal.log.dm_page, session.account_id,
                                                 request.with_user, request.before,
                                                 request.limit)
         return protocol.history([history_frame(m) for m in page], more, request.id)

@@ -166,21 +166,22 @@ class Journal:
         self._publish(live, ts)
 
     def _to_store(self, entry: _Entry) -> BatchItem:
-        sender = entry.sender.username
+        sender = entry.sender
         if entry.to is None:
-            return RoomMessages(sender, entry.texts)
-        online = self.room.online_name(entry.to)
-        name = online or self._account_name(entry.to)
+            return RoomMessages(sender.username, entry.texts)
+        online = self.room.online_account(entry.to)
+        name, account_id = online or self._account(entry.to)
         entry.to, entry.queued = name, online is None
-        return DirectMessage(sender, name, entry.texts[0], delivered=online is not None)
+        return DirectMessage(sender.username, sender.account_id, name, account_id,
+                             entry.texts[0], delivered=online is not None)
 
-    def _account_name(self, name: str) -> str:
-        """How the account spells its name, for a DM to someone offline."""
+    def _account(self, name: str) -> tuple[str, int]:
+        """How the account spells its name, and its id, for a DM to someone offline."""
         found = self.store.lookup_users({name})
         user = next(iter(found.values()), None)
         if user is None:
             raise NoSuchUser(f"there is no user {name[:64]}")
-        return user.username
+        return user.username, user.id
 
     def _publish(self, entries: list[_Entry], ts: str) -> None:
         """Give stored entries to the room in id order, a run of room messages
@@ -226,8 +227,8 @@ class Journal:
         page, _ = self.log.room_page(limit=count)
         return [(m.id, m.sender, m.text, m.ts) for m in page]
 
-    def waiting_for(self, username: str) -> list[StoredMessage]:
-        return self.log.waiting_for(username)
+    def waiting_for(self, account_id: int) -> list[StoredMessage]:
+        return self.log.waiting_for(account_id)
 
 
 class ShuttingDown(AuthchatError):

@@ -36,6 +36,9 @@ class Member(Protocol):
     def username(self) -> str: ...
 
     @property
+    def account_id(self) -> int: ...
+
+    @property
     def role(self) -> str: ...
 
     @property
@@ -246,7 +249,10 @@ class Room:
         key = member.username.lower()
         with self._lock:
             sessions = self._members.setdefault(key, [])
-            if len(sessions) >= self.max_sessions_per_user:
+            # Sessions of a deleted account that had this name may linger until
+            # they are ended: they do not count against the new one.
+            own = [s for s in sessions if s.account_id == member.account_id]
+            if len(own) >= self.max_sessions_per_user:
                 if not sessions:
                     del self._members[key]
                 return False
@@ -317,11 +323,12 @@ class Room:
             self._recent.append((msg_id, sender, text, ts))
         self._last_id = max(self._last_id, first + len(texts) - 1)
 
-    def online_name(self, username: str) -> str | None:
-        """How an online account spells its name; None if it has no session."""
+    def online_account(self, username: str) -> tuple[str, int] | None:
+        """How an online account spells its name, and its id; None if it has
+        no session."""
         with self._lock:
             sessions = self._members.get(username.lower())
-            return sessions[0].username if sessions else None
+            return (sessions[-1].username, sessions[-1].account_id) if sessions else None
 
     def direct(self, sender: Member, to: str, text: str, msg_id: int | None = None,
                ts: str | None = None) -> int | None:

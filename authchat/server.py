@@ -374,8 +374,7 @@ class Server:
             assert isinstance(member, Session)
             user = current.get(member.account_id)
             if user is None or user.disabled:
-                member.end(ErrorCode.ACCOUNT_DISABLED, "your account has been disabled",
-                           "disabled")
+                member.end_for_account_gone()
             elif member.password_is_stale(user.password_version):
                 member.end_for_password_change()
             elif user.role != member.role:

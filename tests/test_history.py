@@ -17,6 +17,7 @@ import pytest
 from authchat.store import Store
 from authchat.store.messages import DirectMessage, MessageLog, RoomMessages
 
+from conftest import GOOD_PASSWORD, Runner
 from helpers import Client, ServerProcess, add_user, add_users, eventually, logged_in, \
     server_config, start_server
 
@@ -165,6 +166,49 @@ def test_a_dm_to_someone_offline_arrives_once_at_their_login(servers: Any) -> No
     alice.close()
 
 
+def test_a_deleted_accounts_dms_do_not_go_to_whoever_registers_the_name(
+        servers: Any, run_cli: Runner) -> None:
+    server = servers()
+    add_user(server, "bob")
+    add_user(server, "dave")
+    bob = logged_in(server, "bob")
+    dave = logged_in(server, "dave")
+    bob.send({"type": "dm", "to": "dave", "text": "our secret plan", "id": 1})
+    bob.expect("ok", skip=("join", "leave", "dm"), re=1)
+    dave.expect("dm", text="our secret plan")
+    dave.close()
+    bob.send({"type": "dm", "to": "dave", "text": "for dave when he is back", "id": 2})
+    assert bob.expect("ok", skip=("join", "leave", "dm"), re=2)["queued"] is True
+    run_cli("users", "delete", "dave", "--yes", check=True)
+
+    stranger = Client(server.address)
+    stranger.hello()
+    stranger.send({"type": "register", "username": "dave", "password": GOOD_PASSWORD})
+    stranger.expect("welcome")
+    stranger.send({"type": "history", "with": "bob", "id": "h"})
+    page = stranger.expect("history", skip=("join", "leave", "message"), re="h")
+    assert page["messages"] == []  # no queued DM came before it, and no DM history
+    bob.send({"type": "history", "with": "dave", "id": "h"})
+    assert bob.expect("history", skip=("join", "leave", "dm"), re="h")["messages"] == []
+
+
+def test_a_session_follows_its_account_not_its_name(servers: Any, tmp_path: Path) -> None:
+    server = servers()
+    add_user(server, "dave")
+    old = logged_in(server, "dave")
+    # Deleted and made again as an admin, both before housekeeping looks.
+    admin_cli = Store.from_config(server_config(tmp_path / "home"))
+    admin_cli.delete_user("dave", actor="cli:op")
+    admin_cli.create_user("dave", GOOD_PASSWORD, actor="cli:op", role="admin")
+    admin_cli.close()
+    old.expect_error("account_disabled", skip=("join", "leave", "message"))
+    old.expect_closed()
+    assert eventually(lambda: server.room.who() == [])
+    new = logged_in(server, "dave")
+    assert server.room.who() == [{"username": "dave", "role": "admin"}]
+    new.close()
+
+
 def test_retention_prunes_in_the_background(servers: Any) -> None:
     server = servers(history__max_messages=10, history__prune_interval_s=0.1,
                      limits__messages_per_second=10_000, limits__message_burst=10_000)
@@ -233,7 +277,10 @@ def test_export_and_purge_from_the_command_line(home: Path, run_cli: Any) -> Non
     log = MessageLog(store)
     log.append("2026-10-01T09:00:00.000Z", [RoomMessages("alice", ["old news"])])
     log.append("2026-11-20T09:00:00.000Z", [RoomMessages("alice", ["two\nlines"])])
-    log.append("2026-11-21T09:00:00.000Z", [DirectMessage("alice", "bob", "psst")])
+    bob = store.create_user("bob", GOOD_PASSWORD, actor="test")
+    alice = store.get_user("alice")
+    log.append("2026-11-21T09:00:00.000Z",
+               [DirectMessage("alice", alice.id, "bob", bob.id, "psst")])
     store.close()
 
     plain = run_cli("history", "export", check=True).stdout.splitlines()

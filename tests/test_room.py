@@ -11,6 +11,9 @@ from authchat import protocol
 from authchat.room import BLOCK_FRAMES, Feed, Outbox, Room
 
 
+ACCOUNT_IDS: dict[str, int] = {}
+
+
 @dataclass(eq=False)
 class FakeMember:
     """A member whose output is read back from a real Outbox, as its writer would."""
@@ -19,6 +22,10 @@ class FakeMember:
     role: str = "user"
     outbox: Outbox = field(default_factory=lambda: Outbox(limit_bytes=1 << 20))
     received: list[dict[str, Any]] = field(default_factory=list)
+    account_id: int = field(init=False)
+
+    def __post_init__(self) -> None:  # one account to a name, as in the store
+        self.account_id = ACCOUNT_IDS.setdefault(self.username.lower(), len(ACCOUNT_IDS) + 1)
 
     def deliver(self, data: bytes) -> None:
         assert self.outbox.put(data)

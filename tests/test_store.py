@@ -39,15 +39,16 @@ def test_migrations_from_empty_and_rerun(config: Config) -> None:
     assert store.schema_version() == 0
     assert [m.version for m in store.pending_migrations()] == [m.version for m in known_migrations()]
     applied = store.migrate()
-    assert [m.version for m in applied] == [1, 2, 3, 4]
+    assert [m.version for m in applied] == [1, 2, 3, 4, 5]
     assert {"users", "invites", "audit_log", "schema_migrations", "room_batches",
             "direct_messages", "message_ids"} <= tables(store)
     assert store.migrate() == []
     assert store.pending_migrations() == []
-    assert store.schema_version() == 4
+    assert store.schema_version() == 5
     rows = store.connection().execute("SELECT version, name FROM schema_migrations").fetchall()
     assert [tuple(r) for r in rows] == [(1, "initial"), (2, "password_version"),
-                                        (3, "messages"), (4, "room_batches")]
+                                        (3, "messages"), (4, "room_batches"),
+                                        (5, "account_ids")]
 
 
 def test_concurrent_migrations_apply_once(config: Config) -> None:

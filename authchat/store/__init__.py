@@ -398,10 +398,16 @@ class Store:
         return self._update_user(username, actor, action, {}, disabled=int(disabled))
 
     def delete_user(self, username: str, *, actor: str) -> User:
+        """Delete an account; the DMs still waiting for it go with it, since
+        nobody will ever be given them (its sent and received DMs stay, under
+        its name, in the history and exports)."""
         with self.transaction() as conn:
             user = self._user_by_name(conn, username)
             conn.execute("DELETE FROM users WHERE id = ?", (user.id,))
-            _audit(conn, actor, "user.delete", user.username, {"role": user.role})
+            dropped = conn.execute("DELETE FROM direct_messages WHERE recipient_id = ? "
+                                   "AND delivered = 0", (user.id,)).rowcount
+            _audit(conn, actor, "user.delete", user.username,
+                   {"role": user.role, **({"waiting_dms_dropped": dropped} if dropped else {})})
         return user
 
     def _update_user(self, username: str, actor: str, action: str, detail: dict[str, Any],

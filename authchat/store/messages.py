@@ -14,7 +14,11 @@ Reads are pages in id order. Pruning deletes in bounded batches, each its
 own short transaction, so that it never holds the write lock long enough to
 stall the messages being written meanwhile.
 
-Names, not account ids: a deleted account's messages stay, under its name.
+DMs belong to accounts: each carries its sender's and recipient's account
+ids (migration 0005), and conversations and waiting DMs are found by those,
+so a name that passes to a new account brings none of the old one's DMs.
+Names are kept too, as they were when the message was sent: a deleted
+account's messages stay, under its name, in the history and in exports.
 """
 
 from __future__ import annotations
@@ -51,10 +55,12 @@ class RoomMessages(NamedTuple):
 
 
 class DirectMessage(NamedTuple):
-    """A DM accepted, not yet stored."""
+    """A DM accepted, not yet stored: between two accounts, by name and id."""
 
     sender: str
+    sender_id: int
     recipient: str
+    recipient_id: int
     text: str
     delivered: bool = True  # False: kept for someone with no session, till their login
 
@@ -139,22 +145,25 @@ class MessageLog:
         newest_first = _room_newest_first(self.store.connection(), _below(before), limit + 1)
         return list(reversed(newest_first[:limit])), len(newest_first) > limit
 
-    def dm_page(self, account: str, other: str, before: int | None = None,
+    def dm_page(self, account_id: int, other: str, before: int | None = None,
                 limit: int = MAX_PAGE) -> tuple[list[StoredMessage], bool]:
-        """The same for the direct messages between `account` and `other`, both ways."""
+        """The same for the direct messages between an account and the account
+        now named `other`, both ways (none if no account has that name)."""
         limit = _page_size(limit)
         rows = self.store.connection().execute(
-            f"SELECT {_DM_COLUMNS} FROM direct_messages "
-            "WHERE ((sender = ? AND recipient = ?) OR (sender = ? AND recipient = ?)) "
+            f"SELECT {_DM_COLUMNS} FROM direct_messages, "
+            "(SELECT id AS other_id FROM users WHERE username = ?) "
+            "WHERE ((sender_id = ? AND recipient_id = other_id) "
+            "OR (sender_id = other_id AND recipient_id = ?)) "
             "AND id < ? ORDER BY id DESC LIMIT ?",
-            (account, other, other, account, _below(before), limit + 1)).fetchall()
+            (other, account_id, account_id, _below(before), limit + 1)).fetchall()
         return [_dm(row) for row in reversed(rows[:limit])], len(rows) > limit
 
-    def waiting_for(self, recipient: str) -> list[StoredMessage]:
-        """The DMs kept for `recipient` while they had no session, oldest first."""
+    def waiting_for(self, recipient_id: int) -> list[StoredMessage]:
+        """The DMs kept for an account while it had no session, oldest first."""
         rows = self.store.connection().execute(
-            f"SELECT {_DM_COLUMNS} FROM direct_messages WHERE recipient = ? AND delivered = 0 "
-            "ORDER BY id", (recipient,)).fetchall()
+            f"SELECT {_DM_COLUMNS} FROM direct_messages WHERE recipient_id = ? "
+            "AND delivered = 0 ORDER BY id", (recipient_id,)).fetchall()
         return [_dm(row) for row in rows]
 
     def since(self, ts: str | None = None) -> Iterator[StoredMessage]:
@@ -221,11 +230,13 @@ def _is_room(message: BatchItem) -> bool:
 
 def _insert_dms(conn: sqlite3.Connection, first_id: int, ts: str,
                 dms: Iterable[DirectMessage]) -> int:
-    rows = [(first_id + n, ts, m.sender, m.recipient, m.text, m.delivered)
-            for n, m in enumerate(dms)]
+    rows = [(first_id + n, ts, m.sender, m.recipient, m.text, m.delivered, m.sender_id,
+             m.recipient_id) for n, m in enumerate(dms)]
     _check_strings(itertools.chain.from_iterable(row[2:5] for row in rows))
-    conn.executemany("INSERT INTO direct_messages (id, ts, sender, recipient, text, delivered) "
-                     "VALUES (?, ?, ?, ?, ?, ?)", rows)
+    if not all(type(row[6]) is int and type(row[7]) is int for row in rows):
+        raise TypeError("a DM's account ids must be integers")
+    conn.executemany("INSERT INTO direct_messages (id, ts, sender, recipient, text, delivered,"
+                     " sender_id, recipient_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
     return len(rows)
 
 
