@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, protocol
 from .errors import (
+    AccountDisabled,
     AuthchatError,
     BadCredentials,
     ErrorCode,
@@ -31,7 +32,7 @@ from .errors import (
     UsernameTaken,
 )
 from .limits import TokenBucket
-from .sanitize import escape
+from .sanitize import escape, redacted
 from .journal import history_frame, waiting_frames
 from .protocol import (
     Ban,
@@ -73,6 +74,7 @@ class Refusal:
     code: ErrorCode
     message: str
     retry_after: float | None = None
+    names_an_account: bool = False  # the name tried is an account's: the log may show it
 
 
 class Session:
@@ -308,8 +310,8 @@ class Connection:
         refusal = outcome
         self._send_now(protocol.error(refusal.code, refusal.message, request.id,
                                       refusal.retry_after))
-        log.info("%s failed from %s: %s (user %s)", type(request).__name__.lower(), self.ip,
-                 refusal.code, escape(request.username[:64]))
+        log.info("%s failed from %s: %s (%s)", type(request).__name__.lower(), self.ip,
+                 refusal.code, _name_for_log(request.username, refusal.names_an_account))
         return None
 
     def _attempt(self, request: Login | Register) -> User | Refusal:
@@ -329,7 +331,7 @@ class Connection:
             try:
                 return self.server.off_thread(self._check_credentials, request)
             except AuthchatError as e:
-                return Refusal(e.code, _public_message(e))
+                return Refusal(e.code, _public_message(e), names_an_account=_names_account(e))
             except Exception:  # last resort: answer, and keep serving others
                 log.exception("%s from %s failed", type(request).__name__, self.ip)
                 return Refusal(ErrorCode.SERVER_ERROR, INTERNAL_ERROR)
@@ -658,6 +660,18 @@ class Connection:
 
 def _nothing() -> None:
     pass
+
+
+def _names_account(error: AuthchatError) -> bool:
+    """Whether a failed login or registration was for a name an account has."""
+    if isinstance(error, BadCredentials):
+        return error.account_exists
+    return isinstance(error, (AccountDisabled, UsernameTaken))
+
+
+def _name_for_log(name: str, names_an_account: bool) -> str:
+    """An account's name as it is; any other name only as a keyed hash."""
+    return f"user {escape(name[:64])}" if names_an_account else f"unknown user {redacted(name)}"
 
 
 def _public_message(error: AuthchatError) -> str:

@@ -73,6 +73,13 @@ class BadCredentials(AuthchatError):
 
     code = ErrorCode.BAD_CREDENTIALS
 
+    def __init__(self, message: str | None = None, *, account_exists: bool = False) -> None:
+        super().__init__(message)
+        # Whether the name was an account's: for the server's log alone, which
+        # may name an account but must not write out a name that is none (it
+        # is often a password typed into the wrong field). Never sent.
+        self.account_exists = account_exists
+
 
 class AccountDisabled(AuthchatError):
     """This account is disabled."""

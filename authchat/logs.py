@@ -9,7 +9,9 @@ the logger at all.
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 from logging.handlers import RotatingFileHandler
 
 from .config import Config
@@ -26,13 +28,23 @@ class OneLineFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+class PrivateRotatingFileHandler(RotatingFileHandler):
+    """A rotating log whose files only their owner may read: they hold
+    addresses, account names and who did what."""
+
+    def _open(self) -> io.TextIOWrapper:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(fd, 0o600)  # a file an older version made readable to others, too
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 def setup_logging(config: Config) -> None:
     """Configure the root logger once, from the [logging] section."""
     handler: logging.Handler
     if config.logging.file:
-        handler = RotatingFileHandler(config.logging.file, encoding="utf-8",
-                                      maxBytes=config.logging.file_max_bytes,
-                                      backupCount=config.logging.file_backups)
+        handler = PrivateRotatingFileHandler(config.logging.file, encoding="utf-8",
+                                             maxBytes=config.logging.file_max_bytes,
+                                             backupCount=config.logging.file_backups)
     else:
         handler = logging.StreamHandler()
     handler.setFormatter(OneLineFormatter(FORMAT))

@@ -8,7 +8,10 @@ writes each such character as a visible \\x or \\u escape instead.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
+import secrets
 
 # C0 controls but newline; then C1 controls, DEL, line/paragraph separators,
 # bidi marks, embeddings, overrides and isolates (the "Trojan Source" set), and
@@ -38,6 +41,20 @@ def escape_json(text: str) -> str:
     surrogate is always alone) decodes to the same value.
     """
     return _UNSAFE.sub(_json_escape_match, text)
+
+
+# A key of this process's own: a redacted name can be matched with itself in
+# one server's log, but not guessed back from it by a dictionary of names or
+# passwords, and not matched across restarts.
+_REDACTION_KEY = secrets.token_bytes(16)
+
+
+def redacted(text: str) -> str:
+    """A short keyed hash of `text`, for a log line that must not show it: a
+    name that is no account's is often a password typed into the wrong field."""
+    digest = hmac.new(_REDACTION_KEY, text.lower().encode("utf-8", "surrogatepass"),
+                      hashlib.sha256)
+    return "#" + digest.hexdigest()[:8]
 
 
 def _json_escape_match(match: re.Match[str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -112,3 +113,25 @@ def test_a_deeply_nested_frame_is_refused_and_the_server_lives_on(home: Path) ->
         assert server.terminate() == 0
     finally:
         server.kill()
+
+
+def test_a_name_that_is_no_account_is_never_logged_as_typed(run_cli: Runner,
+                                                             home: Path) -> None:
+    run_cli("users", "add", "alice", "--password-stdin", input=GOOD_PASSWORD + "\n", check=True)
+    server = ServerProcess(home, "--no-tls")
+    typed_into_the_wrong_field = "my own secret words"
+    try:
+        for name in (typed_into_the_wrong_field, typed_into_the_wrong_field, "alice"):
+            client = Client(server.address)
+            client.hello()
+            client.send({"type": "login", "username": name, "password": "a wrong password"})
+            client.expect_error("bad_credentials")
+            client.close()
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+    log = server.log.decode()
+    assert typed_into_the_wrong_field not in log
+    assert "login failed from 127.0.0.1: bad_credentials (user alice)" in log
+    unknown = re.findall(r"bad_credentials \(unknown user (#[0-9a-f]{8})\)", log)
+    assert len(unknown) == 2 and unknown[0] == unknown[1]  # one name, one hash

@@ -278,7 +278,7 @@ class Store:
                 f"SELECT {_USER_COLUMNS}, password_hash FROM users WHERE username = ?",
                 (username,)).fetchone()
         if not self.hasher.verify(password, row["password_hash"] if row else None):
-            raise BadCredentials()
+            raise BadCredentials(account_exists=row is not None)
         assert row is not None
         if row["disabled"]:
             raise AccountDisabled()
