@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import signal
-import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -32,7 +31,7 @@ from .logs import setup_logging
 from .protocol import timestamp
 from .sanitize import escape, escape_json
 from .server import Server
-from .store import Store, User
+from .store import DatabaseError, Store, User
 from .store.messages import MessageLog
 from .tls import default_known_servers
 from .usernames import validate_username
@@ -62,7 +61,7 @@ class AuthchatGroup(click.Group):
             raise CliSetupError(str(e)) from None
         except AuthchatError as e:
             raise CliError(str(e)) from None
-        except sqlite3.Error as e:
+        except DatabaseError as e:
             raise CliError(f"database error: {e}") from None
         except OSError as e:
             where = f": {e.filename}" if e.filename else ""

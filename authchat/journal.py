@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import sqlite3
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from . import protocol
 from .errors import AuthchatError, ErrorCode, NoSuchUser, StorageError
 from .room import Member, Room
 from .sanitize import escape
-from .store import Store
+from .store import DatabaseError, Store
 from .store.messages import BatchItem, DirectMessage, MessageLog, RoomMessages, StoredMessage
 
 log = logging.getLogger(__name__)
@@ -150,7 +149,7 @@ class Journal:
             try:
                 stored.append(self._to_store(entry))
                 live.append(entry)
-            except (AuthchatError, sqlite3.Error) as e:
+            except (AuthchatError, DatabaseError) as e:
                 self._finish(entry, e if isinstance(e, AuthchatError) else StorageError(str(e)))
         try:
             ids = self.log.append(ts, stored)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from authchat.config import load_config
-from authchat.store import Store
+from authchat.store import Store, sqlite
 
 from conftest import GOOD_PASSWORD, TEST_COST, Runner, assert_one_line_error, cli_env
 from helpers import run_in_pty
@@ -237,8 +236,8 @@ def test_db_status_and_migrate(run_cli: Runner, home: Path) -> None:
 
 def test_newer_database_is_refused_everywhere(run_cli: Runner, home: Path) -> None:
     run_cli("db", "migrate", check=True)
-    with sqlite3.connect(home / "authchat.db") as conn:
-        conn.execute("INSERT INTO schema_migrations VALUES (9999, 'future', 'x')")
+    conn = sqlite.connect(home / "authchat.db", busy_timeout_ms=5000)
+    conn.execute("INSERT INTO schema_migrations VALUES (9999, 'future', 'x')")
     conn.close()
     for command in (["db", "migrate"], ["db", "status"], ["users", "list"]):
         assert_one_line_error(run_cli(*command), 1, "schema version 9999 is newer")

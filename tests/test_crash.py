@@ -21,7 +21,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import struct
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from authchat.config import DATABASE_FILENAME
+from authchat.store import sqlite
 
 from conftest import CLI_TIMEOUT_S, Runner, cli_env
 from helpers import Client, ServerProcess
@@ -119,12 +119,13 @@ class Snapshot:
 
 def database_snapshot(home: Path) -> Snapshot:
     """Check the file is sound and no account is half-written; returns what it holds."""
-    conn = sqlite3.connect(home / DATABASE_FILENAME, timeout=10)
+    conn = sqlite.connect(home / DATABASE_FILENAME, busy_timeout_ms=10_000)
     try:
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert [tuple(r) for r in conn.execute("PRAGMA integrity_check")] == [("ok",)]
         accounts = {name.lower(): (role, bool(disabled)) for name, role, disabled
                     in conn.execute("SELECT username, role, disabled FROM users")}
-        rows = conn.execute("SELECT action, target, detail FROM audit_log ORDER BY id").fetchall()
+        rows = [tuple(r) for r in
+                conn.execute("SELECT action, target, detail FROM audit_log ORDER BY id")]
     finally:
         conn.close()
     assert accounts == replay_audit(rows), "the users table and the audit log disagree"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from authchat import schema
+from authchat.store import schema
 from authchat.config import Config
 from authchat.store import Store
 from authchat.store.messages import (

@@ -37,6 +37,6 @@ def test_wheel_installs_and_runs_user_commands(tmp_path: Path) -> None:
     assert (added.returncode, added.stdout) == (0, "created user alice\n"), added.stderr
     listed = subprocess.run([str(authchat), "users", "list"], **run)
     assert listed.returncode == 0 and "alice" in listed.stdout
-    where = subprocess.run([str(python), "-c", "import authchat.schema as s; print(s.migrations_dir())"],
+    where = subprocess.run([str(python), "-c", "import authchat.store.schema as s; print(s.migrations_dir())"],
                            **run)
     assert str(env_dir) in where.stdout  # found inside the installed package

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import sqlite3
 import stat
 import threading
 from datetime import timedelta
@@ -21,8 +20,8 @@ from authchat.errors import (
     SchemaError,
     UsernameTaken,
 )
-from authchat.schema import known_migrations
-from authchat.store import Store
+from authchat.store.schema import known_migrations
+from authchat.store import Store, sqlite
 
 from conftest import GOOD_PASSWORD, TEST_COST
 
@@ -102,10 +101,18 @@ def test_usernames_are_unique_case_insensitively(store: Store) -> None:
     assert [u.username for u in store.list_users()] == ["Alice"]
 
 
+def test_the_store_runs_on_a_sqlite_with_the_wal_reset_fix(store: Store) -> None:
+    # 3.7.0 to 3.51.2 can damage a WAL database that two processes write at
+    # once, as the server and the admin CLI do; apsw brings its own SQLite.
+    assert sqlite.sqlite_version_info >= (3, 51, 3)
+    version = store.connection().execute("SELECT sqlite_version()").one()[0]
+    assert version == sqlite.sqlite_version
+
+
 def test_the_constraint_itself_refuses_case_variants(store: Store) -> None:
     # Not just a check in Python: the database refuses it too.
     store.create_user("Alice", GOOD_PASSWORD, actor="test")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(sqlite.IntegrityError):
         with store.transaction() as conn:
             conn.execute("INSERT INTO users (username, password_hash, created_at, updated_at)"
                          " VALUES ('ALICE', 'x', 'now', 'now')")
@@ -202,7 +209,7 @@ def test_every_account_change_is_audited(store: Store) -> None:
 def test_audit_log_is_append_only(store: Store) -> None:
     store.create_user("alice", GOOD_PASSWORD, actor="test")
     for statement in ("UPDATE audit_log SET actor = 'x'", "DELETE FROM audit_log"):
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        with pytest.raises(sqlite.IntegrityError, match="append-only"):
             with store.transaction() as conn:
                 conn.execute(statement)
     assert len(store.audit_entries()) == 1

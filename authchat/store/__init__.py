@@ -6,7 +6,8 @@ accounts, invites and audit log; `messages.py` has the message history.
 Threading model. A server thread and admin commands in other processes may
 all use one database file at once, so:
   - WAL mode, so readers never wait for the writer;
-  - one sqlite3 connection per thread (thread-local), autocommit mode, and an
+  - one SQLite connection per thread (thread-local; apsw, see sqlite.py),
+    autocommit mode, and an
     explicit `BEGIN IMMEDIATE` for every write, so a transaction takes the
     write lock before reading and the busy timeout applies (a deferred
     transaction that upgrades to a write gets SQLITE_BUSY with no wait);
@@ -26,7 +27,6 @@ import logging
 import os
 import random
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -49,12 +49,15 @@ from ..errors import (
     StoreBusy,
     UsernameTaken,
 )
-from .. import schema
 from ..passwords import PasswordHasher, PasswordPolicy
-from ..schema import Migration
 from ..usernames import validate_username
+from . import schema, sqlite
+from .schema import Migration
 
 log = logging.getLogger(__name__)
+
+# What SQLite raises when a read fails: for the few callers that must catch it.
+DatabaseError = sqlite.Error
 
 BUSY_TIMEOUT_MS = 5000
 BUSY_RETRIES = 3
@@ -108,7 +111,7 @@ class Store:
         self.hasher = hasher
         self.policy = policy
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: list[sqlite.Connection] = []
         self._connections_lock = threading.Lock()
         self._create_file()
 
@@ -135,16 +138,12 @@ class Store:
         fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
 
-    def connection(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+    def connection(self) -> sqlite.Connection:
+        """This thread's connection, opened on first use; each is used by its
+        own thread alone (close() may close them all)."""
+        conn: sqlite.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            # check_same_thread=False only so close() may close every thread's
-            # connection; each one is still used by its own thread alone.
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=BUSY_TIMEOUT_MS / 1000)
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn = sqlite.connect(self.path, BUSY_TIMEOUT_MS)
             _enable_wal(conn)
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -154,7 +153,7 @@ class Store:
         return conn
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite.Connection]:
         """A write transaction: commits on success, rolls back on any exception.
 
         Raises:
@@ -171,18 +170,18 @@ class Store:
         except BaseException as e:
             if conn.in_transaction:  # SQLite may already have rolled back (disk full)
                 conn.execute("ROLLBACK")
-            if isinstance(e, sqlite3.OperationalError):
+            if isinstance(e, sqlite.Error) and not isinstance(e, sqlite.IntegrityError):
                 raise StorageError(f"database error: {e}") from e
             raise
 
     def pragmas(self) -> dict[str, Any]:
         conn = self.connection()
-        return {name: conn.execute(f"PRAGMA {name}").fetchone()[0]
+        return {name: conn.execute(f"PRAGMA {name}").one()[0]
                 for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")}
 
     def data_version(self) -> int:
         """Changes when any other connection (another thread or process) commits."""
-        return int(self.connection().execute("PRAGMA data_version").fetchone()[0])
+        return int(self.connection().execute("PRAGMA data_version").one()[0])
 
     def check_health(self) -> None:
         """Check the file at start-up.
@@ -190,13 +189,14 @@ class Store:
         Raises:
             SchemaError: SQLite's quick_check finds the file damaged.
         """
-        if sqlite3.sqlite_version_info < SQLITE_WAL_RESET_FIXED:
+        if sqlite.sqlite_version_info < SQLITE_WAL_RESET_FIXED:
             # Server and admin CLI are exactly the concurrent writers the bug needs.
+            # The apsw that pyproject.toml asks for has a fixed SQLite: only an
+            # install that got round that requirement can see this.
             log.warning("SQLite %s has the WAL-reset bug fixed in 3.51.3; a database written "
-                        "by the server and the admin CLI at once could be damaged. Keep "
-                        "backups, or use a Python built with a newer SQLite",
-                        sqlite3.sqlite_version)
-        result = self.connection().execute("PRAGMA quick_check").fetchone()[0]
+                        "by the server and the admin CLI at once could be damaged. Install "
+                        "apsw 3.51.3 or newer", sqlite.sqlite_version)
+        result = self.connection().execute("PRAGMA quick_check").one()[0]
         if result != "ok":
             raise SchemaError(f"database {self.path} is damaged: {result}")
 
@@ -257,7 +257,7 @@ class Store:
                 cursor = conn.execute(
                     "INSERT INTO users (username, password_hash, role, created_at, updated_at)"
                     " VALUES (?, ?, ?, ?, ?)", (username, password_hash, role, now, now))
-            except sqlite3.IntegrityError:
+            except sqlite.IntegrityError:
                 raise UsernameTaken() from None
             _audit(conn, actor, "user.create", username, {"role": role, **detail})
             return self._user_by_id(conn, cursor.lastrowid)
@@ -424,14 +424,14 @@ class Store:
                 _audit(conn, actor, action, before.username, detail)
             return self._user_by_id(conn, before.id)
 
-    def _user_by_name(self, conn: sqlite3.Connection, username: str) -> User:
+    def _user_by_name(self, conn: sqlite.Connection, username: str) -> User:
         row = conn.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE username = ?",
                            (username,)).fetchone()
         if row is None:
             raise NoSuchUser(f"no such user: {username}")
         return _user(row)
 
-    def _user_by_id(self, conn: sqlite3.Connection, user_id: int | None) -> User:
+    def _user_by_id(self, conn: sqlite.Connection, user_id: int | None) -> User:
         row = conn.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,)).fetchone()
         if row is None:
             raise NoSuchUser()
@@ -457,7 +457,7 @@ class Store:
             _audit(conn, actor, "invite.create", f"invite:{invite_id}",
                    {"role": role, "uses": uses, "expires_at": expires})
             row = conn.execute(f"SELECT {_INVITE_COLUMNS} FROM invites WHERE id = ?",
-                               (invite_id,)).fetchone()
+                               (invite_id,)).one()
         return Invite(**row), token
 
     def list_invites(self) -> list[Invite]:
@@ -490,7 +490,7 @@ _USER_COLUMNS = ("id, username, role, disabled, created_at, updated_at, last_log
 _INVITE_COLUMNS = "id, role, max_uses, uses, expires_at, revoked_at, created_at, created_by"
 
 
-def _user(row: sqlite3.Row) -> User:
+def _user(row: sqlite.Row) -> User:
     return User(row["id"], row["username"], row["role"], bool(row["disabled"]),
                 row["created_at"], row["updated_at"], row["last_login_at"],
                 row["password_version"])
@@ -509,7 +509,7 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _redeem_invite(conn: sqlite3.Connection, token: str, now: str) -> tuple[int, str]:
+def _redeem_invite(conn: sqlite.Connection, token: str, now: str) -> tuple[int, str]:
     """Use up one use of an invite inside the caller's transaction.
 
     The single conditional UPDATE is what makes redemption atomic: of two
@@ -521,32 +521,30 @@ def _redeem_invite(conn: sqlite3.Connection, token: str, now: str) -> tuple[int,
         " AND uses < max_uses AND (expires_at IS NULL OR expires_at > ?)", (token_hash, now))
     if cursor.rowcount == 0:
         raise RegistrationClosed("invite is invalid, used up or expired")
-    row = conn.execute("SELECT id, role FROM invites WHERE token_hash = ?", (token_hash,)).fetchone()
+    row = conn.execute("SELECT id, role FROM invites WHERE token_hash = ?", (token_hash,)).one()
     return row["id"], row["role"]
 
 
-def _audit(conn: sqlite3.Connection, actor: str, action: str, target: str,
+def _audit(conn: sqlite.Connection, actor: str, action: str, target: str,
            detail: dict[str, Any]) -> None:
     conn.execute("INSERT INTO audit_log (ts, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
                  (utc_now(), actor, action, target, json.dumps(detail, sort_keys=True)))
 
 
-def _begin_immediate(conn: sqlite3.Connection) -> None:
+def _begin_immediate(conn: sqlite.Connection) -> None:
     # The busy timeout already waits for the lock; these retries only cover
     # the rare case where it runs out under heavy contention.
     for attempt in range(BUSY_RETRIES + 1):
         try:
             conn.execute("BEGIN IMMEDIATE")
             return
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) and "busy" not in str(e):
-                raise
+        except sqlite.BUSY_ERRORS:
             if attempt == BUSY_RETRIES:
                 raise StoreBusy() from None
             time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
 
 
-def _enable_wal(conn: sqlite3.Connection) -> None:
+def _enable_wal(conn: sqlite.Connection) -> None:
     """Switch to WAL (a lasting property of the file) unless it is on already.
 
     The switch needs a moment of exclusive access, and SQLite reports a
@@ -556,10 +554,10 @@ def _enable_wal(conn: sqlite3.Connection) -> None:
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
     while True:
         try:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            if conn.execute("PRAGMA journal_mode").one()[0] != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
             return
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() > deadline:
+        except sqlite.BUSY_ERRORS:
+            if time.monotonic() > deadline:
                 raise
             time.sleep(random.uniform(0.005, 0.05))

@@ -26,7 +26,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
-import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,6 +33,7 @@ from typing import NamedTuple, cast
 
 from ..protocol import timestamp  # the form messages carry: text order is time order
 from . import Store, _audit
+from .sqlite import Connection, Row
 
 MAX_PAGE = 200
 PRUNE_BATCH = 1000  # DMs, and room messages, a pruning transaction deletes, about
@@ -181,7 +181,7 @@ class MessageLog:
         """
         with self.store.transaction() as conn:
             room = conn.execute("SELECT coalesce(sum(last_id - first_id + 1), 0) "
-                                "FROM room_batches WHERE ts < ?", (ts,)).fetchone()[0]
+                                "FROM room_batches WHERE ts < ?", (ts,)).one()[0]
             conn.execute("DELETE FROM room_batches WHERE ts < ?", (ts,))
             dms = conn.execute("DELETE FROM direct_messages WHERE ts < ?", (ts,)).rowcount
             deleted = int(room) + dms
@@ -214,21 +214,21 @@ class MessageLog:
 
 # -- the SQL, a statement or two each ------------------------------------------
 
-def _take_ids(conn: sqlite3.Connection, count: int) -> int:
+def _take_ids(conn: Connection, count: int) -> int:
     """Reserve `count` ids in the caller's write transaction; returns the first."""
     conn.execute("UPDATE message_ids SET last_id = last_id + ?", (count,))
     return _last_id(conn) - count + 1
 
 
-def _last_id(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT last_id FROM message_ids").fetchone()[0])
+def _last_id(conn: Connection) -> int:
+    return int(conn.execute("SELECT last_id FROM message_ids").one()[0])
 
 
 def _is_room(message: BatchItem) -> bool:
     return type(message) is RoomMessages
 
 
-def _insert_dms(conn: sqlite3.Connection, first_id: int, ts: str,
+def _insert_dms(conn: Connection, first_id: int, ts: str,
                 dms: Iterable[DirectMessage]) -> int:
     rows = [(first_id + n, ts, m.sender, m.recipient, m.text, m.delivered, m.sender_id,
              m.recipient_id) for n, m in enumerate(dms)]
@@ -240,7 +240,7 @@ def _insert_dms(conn: sqlite3.Connection, first_id: int, ts: str,
     return len(rows)
 
 
-def _insert_room_batch(conn: sqlite3.Connection, first_id: int, ts: str,
+def _insert_room_batch(conn: Connection, first_id: int, ts: str,
                        runs: Iterable[RoomMessages]) -> int:
     pairs = [[run.sender, text] for run in runs for text in run.texts]
     # JSON would take a None that a NOT NULL column would have refused.
@@ -262,14 +262,14 @@ def _check_strings(values: Iterable[object]) -> None:
         raise TypeError("a message's names and text must be strings")
 
 
-def _room_messages(row: sqlite3.Row) -> list[StoredMessage]:
+def _room_messages(row: Row) -> list[StoredMessage]:
     """A room_batches row's messages, oldest first."""
     first, ts = row["first_id"], row["ts"]
     return [StoredMessage(first + n, ts, sender, None, text)
             for n, (sender, text) in enumerate(json.loads(row["messages"]))]
 
 
-def _room_newest_first(conn: sqlite3.Connection, before: int,
+def _room_newest_first(conn: Connection, before: int,
                        count: int) -> list[StoredMessage]:
     """Up to `count` room messages older than `before`, newest first.
 
@@ -294,7 +294,7 @@ def _room_newest_first(conn: sqlite3.Connection, before: int,
     return found[:count]
 
 
-def _room_since(conn: sqlite3.Connection, ts: str) -> Iterator[StoredMessage]:
+def _room_since(conn: Connection, ts: str) -> Iterator[StoredMessage]:
     after = 0
     while rows := conn.execute(
             f"SELECT {_BATCH_COLUMNS} FROM room_batches WHERE last_id > ? AND ts >= ? "
@@ -304,7 +304,7 @@ def _room_since(conn: sqlite3.Connection, ts: str) -> Iterator[StoredMessage]:
         after = rows[-1]["last_id"]
 
 
-def _dms_since(conn: sqlite3.Connection, ts: str) -> Iterator[StoredMessage]:
+def _dms_since(conn: Connection, ts: str) -> Iterator[StoredMessage]:
     after = 0
     while rows := conn.execute(
             f"SELECT {_DM_COLUMNS} FROM direct_messages WHERE id > ? AND ts >= ? "
@@ -313,7 +313,7 @@ def _dms_since(conn: sqlite3.Connection, ts: str) -> Iterator[StoredMessage]:
         after = rows[-1]["id"]
 
 
-def _prune_bound(conn: sqlite3.Connection, cutoff: str, max_messages: int) -> int | None:
+def _prune_bound(conn: Connection, cutoff: str, max_messages: int) -> int | None:
     """The highest id the rules let go, or None if nothing is due."""
     bounds = []
     if cutoff:
@@ -333,19 +333,19 @@ def _prune_bound(conn: sqlite3.Connection, cutoff: str, max_messages: int) -> in
     return bound if bound > 0 and _oldest_id(conn) <= bound else None
 
 
-def _oldest_id(conn: sqlite3.Connection) -> int:
+def _oldest_id(conn: Connection) -> int:
     room = conn.execute("SELECT first_id FROM room_batches ORDER BY last_id LIMIT 1").fetchone()
     dm = conn.execute("SELECT id FROM direct_messages ORDER BY id LIMIT 1").fetchone()
     return min((int(row[0]) for row in (room, dm) if row), default=NO_ID)
 
 
-def _prune_dms(conn: sqlite3.Connection, bound: int, batch: int) -> int:
+def _prune_dms(conn: Connection, bound: int, batch: int) -> int:
     return int(conn.execute(
         "DELETE FROM direct_messages WHERE id IN (SELECT id FROM direct_messages "
         "WHERE id <= ? ORDER BY id LIMIT ?)", (bound, batch)).rowcount)
 
 
-def _prune_room(conn: sqlite3.Connection, bound: int, batch: int) -> int:
+def _prune_room(conn: Connection, bound: int, batch: int) -> int:
     """Delete the oldest room rows, about `batch` messages, up to id `bound`.
 
     A row that reaches past the bound loses only its older messages.
@@ -364,7 +364,7 @@ def _prune_room(conn: sqlite3.Connection, bound: int, batch: int) -> int:
     return deleted
 
 
-def _cut_room_batch(conn: sqlite3.Connection, bound: int) -> int:
+def _cut_room_batch(conn: Connection, bound: int) -> int:
     """Drop the messages up to `bound` from the row that also holds newer ones."""
     row = conn.execute(f"SELECT {_BATCH_COLUMNS} FROM room_batches WHERE last_id > ? "
                        "ORDER BY last_id LIMIT 1", (bound,)).fetchone()
@@ -386,5 +386,5 @@ def _page_size(limit: int) -> int:
     return max(1, min(limit, MAX_PAGE))
 
 
-def _dm(row: sqlite3.Row) -> StoredMessage:
+def _dm(row: Row) -> StoredMessage:
     return StoredMessage(row["id"], row["ts"], row["sender"], row["recipient"], row["text"])

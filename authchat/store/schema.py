@@ -10,13 +10,13 @@ there is no silent downgrade.
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .errors import SchemaError
+from ..errors import SchemaError
+from . import sqlite
 
 _MIGRATION_NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 
@@ -38,7 +38,7 @@ def migrations_dir() -> Path:
     packaged = resources.files("authchat") / "migrations"
     if packaged.is_dir():
         return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "migrations"
+    return Path(__file__).resolve().parents[2] / "migrations"
 
 
 def known_migrations() -> list[Migration]:
@@ -50,18 +50,18 @@ def known_migrations() -> list[Migration]:
     return found
 
 
-def version(conn: sqlite3.Connection) -> int:
+def version(conn: sqlite.Connection) -> int:
     """The newest migration applied; 0 for a new database."""
     try:
-        row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
-    except sqlite3.OperationalError as e:
+        row = conn.execute("SELECT max(version) FROM schema_migrations").one()
+    except sqlite.Error as e:
         if "no such table" in str(e):
             return 0
         raise
     return int(row[0] or 0)
 
 
-def pending(conn: sqlite3.Connection) -> list[Migration]:
+def pending(conn: sqlite.Connection) -> list[Migration]:
     """The migrations still to apply.
 
     Raises:
@@ -72,7 +72,7 @@ def pending(conn: sqlite3.Connection) -> list[Migration]:
     return [m for m in known_migrations() if m.version > current]
 
 
-def apply(conn: sqlite3.Connection, migration: Migration, now: str) -> bool:
+def apply(conn: sqlite.Connection, migration: Migration, now: str) -> bool:
     """Apply `migration` inside the caller's write transaction, unless it already is."""
     conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
                  "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)")
@@ -100,7 +100,7 @@ def _split_statements(sql: str) -> Iterator[str]:
     statement = ""
     for line in sql.splitlines(keepends=True):
         statement += line
-        if sqlite3.complete_statement(statement):
+        if sqlite.complete_statement(statement):
             if statement.strip():
                 yield statement
             statement = ""
