@@ -688,8 +688,9 @@ def test_authchat_gui_as_a_process(display: str, tmp_path: Path) -> None:
         xdotool(display, "type", "--delay", "5", GOOD_PASSWORD)
         xdotool(display, "key", "Return")
         bob.expect("join", skip=(), username="alice")
-        xdotool(display, "search", "--sync", "--name", "^authchat: alice", "windowfocus",
-                "--sync")
+        # Only once it is shown: focusing a window not yet mapped fails.
+        xdotool(display, "search", "--sync", "--onlyvisible", "--name", "^authchat: alice",
+                "windowfocus", "--sync")
         xdotool(display, "type", "--delay", "5", "typed for real")
         xdotool(display, "key", "Return")
         bob.expect("message", text="typed for real", **{"from": "alice"})
@@ -706,5 +707,6 @@ def test_authchat_gui_as_a_process(display: str, tmp_path: Path) -> None:
 
 
 def xdotool(display: str, *args: str) -> None:
-    subprocess.run(["xdotool", *args], env={**os.environ, "DISPLAY": display}, check=True,
-                   timeout=WAIT_S, capture_output=True)
+    done = subprocess.run(["xdotool", *args], env={**os.environ, "DISPLAY": display},
+                          timeout=WAIT_S, capture_output=True, text=True)
+    assert done.returncode == 0, f"xdotool {' '.join(args)}: {done.stderr.strip()}"
