@@ -226,10 +226,11 @@ def test_db_status_and_migrate(run_cli: Runner, home: Path) -> None:
     migrated = run_cli("db", "migrate", check=True).stdout
     assert migrated == ("applied 0001_initial\napplied 0002_password_version\n"
                         "applied 0003_messages\napplied 0004_room_batches\n"
-                        "applied 0005_account_ids\nschema version 5\n")
-    assert run_cli("db", "migrate", check=True).stdout == "schema version 5\n"
+                        "applied 0005_account_ids\napplied 0006_name_skeletons\n"
+                        "schema version 6\n")
+    assert run_cli("db", "migrate", check=True).stdout == "schema version 6\n"
     after = run_cli("db", "status", check=True).stdout
-    assert "schema version: 5" in after and "pending:        none" in after
+    assert "schema version: 6" in after and "pending:        none" in after
     assert "journal_mode:   wal" in after and "synchronous:    2" in after
     assert f"database:       {home / 'authchat.db'}" in after
 

@@ -381,6 +381,9 @@ def test_registration_errors(servers: Any) -> None:
     client = Client(server.address)
     client.hello()
     assert register(client, "ALICE")["code"] == "username_taken"
+    assert register(client, "aIice") == {"type": "error", "code": "username_taken",
+                                         "message": "that username looks too much like one "
+                                                    "that is taken"}
     assert register(client, "admin")["code"] == "invalid_username"
     client2 = Client(server.address)
     client2.hello()

@@ -4,8 +4,11 @@ import stat
 import threading
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from authchat.config import Config, load_config
 from authchat.errors import (
@@ -20,8 +23,10 @@ from authchat.errors import (
     SchemaError,
     UsernameTaken,
 )
+from authchat.passwords import PasswordHasher, PasswordPolicy
+from authchat.store import Store, schema, sqlite
 from authchat.store.schema import known_migrations
-from authchat.store import Store, sqlite
+from authchat.usernames import USERNAME_PATTERN, skeleton
 
 from conftest import GOOD_PASSWORD, TEST_COST
 
@@ -38,16 +43,16 @@ def test_migrations_from_empty_and_rerun(config: Config) -> None:
     assert store.schema_version() == 0
     assert [m.version for m in store.pending_migrations()] == [m.version for m in known_migrations()]
     applied = store.migrate()
-    assert [m.version for m in applied] == [1, 2, 3, 4, 5]
+    assert [m.version for m in applied] == [1, 2, 3, 4, 5, 6]
     assert {"users", "invites", "audit_log", "schema_migrations", "room_batches",
             "direct_messages", "message_ids"} <= tables(store)
     assert store.migrate() == []
     assert store.pending_migrations() == []
-    assert store.schema_version() == 5
+    assert store.schema_version() == 6
     rows = store.connection().execute("SELECT version, name FROM schema_migrations").fetchall()
     assert [tuple(r) for r in rows] == [(1, "initial"), (2, "password_version"),
                                         (3, "messages"), (4, "room_batches"),
-                                        (5, "account_ids")]
+                                        (5, "account_ids"), (6, "name_skeletons")]
 
 
 def test_concurrent_migrations_apply_once(config: Config) -> None:
@@ -107,6 +112,39 @@ def test_the_store_runs_on_a_sqlite_with_the_wal_reset_fix(store: Store) -> None
     assert sqlite.sqlite_version_info >= (3, 51, 3)
     version = store.connection().execute("SELECT sqlite_version()").one()[0]
     assert version == sqlite.sqlite_version
+
+
+@pytest.mark.parametrize("look_alike", ["aIice", "a_lice", "AL1CE", "alice.", "a-l-i-c-e"])
+def test_a_name_that_looks_like_an_account_is_taken(store: Store, look_alike: str) -> None:
+    store.create_user("alice", GOOD_PASSWORD, actor="test")
+    with pytest.raises(UsernameTaken, match="looks too much like one that is taken"):
+        store.create_user(look_alike, GOOD_PASSWORD, actor="register")
+    with pytest.raises(UsernameTaken, match="looks too much like"):  # operators too
+        store.create_user(look_alike, GOOD_PASSWORD, actor="cli:op", allow_reserved=True)
+    assert [u.username for u in store.list_users()] == ["alice"]
+    store.delete_user("alice", actor="cli:op")
+    assert store.create_user(look_alike, GOOD_PASSWORD, actor="register")  # free again
+
+
+@settings(max_examples=200, deadline=None)
+@given(names=st.lists(st.from_regex(USERNAME_PATTERN, fullmatch=True), min_size=1,
+                      max_size=20, unique_by=str.lower))
+def test_migration_0006_computes_the_skeleton_as_usernames_does(tmp_path_factory: Any,
+                                                               names: list[str]) -> None:
+    home = tmp_path_factory.mktemp("home")
+    store = Store(home / "authchat.db", hasher=PasswordHasher(TEST_COST),
+                  policy=PasswordPolicy(15))
+    with store.transaction() as conn:
+        for migration in known_migrations():
+            if migration.version <= 5:
+                schema.apply(conn, migration, "2026-12-01T00:00:00Z")
+        conn.executemany("INSERT INTO users (username, password_hash, created_at, updated_at)"
+                         " VALUES (?, 'x', 'then', 'then')", [(name,) for name in names])
+    store.migrate()
+    rows = store.connection().execute("SELECT username, name_skeleton FROM users")
+    assert {row["username"]: row["name_skeleton"] for row in rows} == \
+        {name: skeleton(name) for name in names}
+    store.close()
 
 
 def test_the_constraint_itself_refuses_case_variants(store: Store) -> None:

@@ -50,7 +50,7 @@ from ..errors import (
     UsernameTaken,
 )
 from ..passwords import PasswordHasher, PasswordPolicy
-from ..usernames import validate_username
+from ..usernames import skeleton, validate_username
 from . import schema, sqlite
 from .schema import Migration
 
@@ -238,25 +238,29 @@ class Store:
 
         Raises:
             InvalidUsername, InvalidPassword: the name or password breaks the policy.
-            UsernameTaken: the name exists in any letter case.
+            UsernameTaken: the name exists in any letter case, or one that looks
+                like it (usernames.skeleton).
             RegistrationClosed: the invite is unknown, used up, expired or revoked.
         """
         validate_username(username, allow_reserved=allow_reserved)
         _check_role(role)
         self.policy.check(password, username)
-        if self.connection().execute("SELECT 1 FROM users WHERE username = ?",
-                                     (username,)).fetchone():
-            raise UsernameTaken()  # before the hash: a taken name must not cost a bcrypt
+        shape = skeleton(username)
+        _refuse_taken(self.connection(), username, shape)  # before the hash: it costs none
         password_hash = self.hasher.hash(password)  # outside the transaction: slow
         now = utc_now()
         with self.transaction() as conn:
+            # Again under the write lock, so that the check and the insert are
+            # one step: no other process can add a look-alike in between.
+            _refuse_taken(conn, username, shape)
             detail: dict[str, Any] = {}
             if invite is not None:
                 detail["invite"], role = _redeem_invite(conn, invite, now)
             try:
                 cursor = conn.execute(
-                    "INSERT INTO users (username, password_hash, role, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?)", (username, password_hash, role, now, now))
+                    "INSERT INTO users (username, password_hash, role, created_at, updated_at,"
+                    " name_skeleton) VALUES (?, ?, ?, ?, ?, ?)",
+                    (username, password_hash, role, now, now, shape))
             except sqlite.IntegrityError:
                 raise UsernameTaken() from None
             _audit(conn, actor, "user.create", username, {"role": role, **detail})
@@ -507,6 +511,17 @@ def _iso(moment: datetime) -> str:
 
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _refuse_taken(conn: sqlite.Connection, username: str, shape: str) -> None:
+    """Raise UsernameTaken if an account has this name or one that looks like it."""
+    row = conn.execute("SELECT username FROM users WHERE username = ? OR name_skeleton = ?"
+                       " LIMIT 1", (username, shape)).fetchone()
+    if row is None:
+        return
+    if row["username"].lower() == username.lower():
+        raise UsernameTaken()
+    raise UsernameTaken("that username looks too much like one that is taken")
 
 
 def _redeem_invite(conn: sqlite.Connection, token: str, now: str) -> tuple[int, str]:
