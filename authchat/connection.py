@@ -52,7 +52,7 @@ from .protocol import (
     Who,
 )
 from .room import Outbox
-from .store import User
+from .store import DatabaseError, User
 from .store.messages import StoredMessage
 from .transport import PlainTransport, TLSTransport, TransportClosed
 
@@ -115,6 +115,18 @@ class Session:
                  self.connection.ip)
         self.end(ErrorCode.SLOW_CONSUMER, "you fell too far behind", "slow_consumer",
                  discard=True)
+
+    def follow_account(self, user: User | None) -> None:
+        """Apply the account as it is now (None: deleted): a disabled or
+        deleted account loses the session, a changed password ends it unless
+        this session is the one changing it, a new role applies at once."""
+        if user is None or user.disabled:
+            self.end_for_account_gone()
+        elif self.password_is_stale(user.password_version):
+            self.end_for_password_change()
+        elif user.role != self.role:
+            self.role = user.role
+            log.info("role of %s is now %s", escape(self.username), user.role)
 
     def password_is_stale(self, current_version: int) -> bool:
         """Whether the account's password has changed since this session last
@@ -389,6 +401,7 @@ class Connection:
             return
         self.session = session
         self.server.writers.add(session)
+        self._catch_up_with_the_account(session)
         try:
             self._read_loop(session)
         finally:
@@ -410,6 +423,18 @@ class Connection:
             assert isinstance(member, Session)
             if member.account_id != user.id:
                 member.end_for_account_gone()
+
+    def _catch_up_with_the_account(self, session: Session) -> None:
+        """Housekeeping applies account changes to the sessions in the room; one
+        made between this login's check and its entering the room came too
+        early for that, so the account is read once more now it is in."""
+        try:
+            current = self.server.off_thread(self.server.store.users_by_id,
+                                             {session.account_id})
+        except (AuthchatError, DatabaseError) as e:
+            log.warning("could not re-read the account of %s: %s", escape(session.username), e)
+            return
+        session.follow_account(current.get(session.account_id))
 
     def _waiting_dms(self, user: User) -> list[StoredMessage]:
         """DMs kept for this account; none if the database cannot say now (they

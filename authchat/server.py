@@ -45,7 +45,6 @@ from .errors import ConfigError, ErrorCode
 from .journal import Journal
 from .limits import ConnectionCounter, LoginThrottle, WindowLimit, ip_key
 from .memory import release_free_memory
-from .sanitize import escape
 from .room import Room
 from .store import Store
 from .tls import server_context
@@ -372,14 +371,7 @@ class Server:
                                           if isinstance(m, Session)})
         for member in members:
             assert isinstance(member, Session)
-            user = current.get(member.account_id)
-            if user is None or user.disabled:
-                member.end_for_account_gone()
-            elif member.password_is_stale(user.password_version):
-                member.end_for_password_change()
-            elif user.role != member.role:
-                member.role = user.role
-                log.info("role of %s is now %s", escape(member.username), user.role)
+            member.follow_account(current.get(member.account_id))
 
     def _force_overdue_closes(self) -> None:
         now = time.monotonic()
