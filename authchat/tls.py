@@ -134,10 +134,12 @@ def _make_self_signed() -> tuple[bytes, bytes]:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=SELF_SIGNED_DAYS))
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        # Self-signed and pinned: it is its own trust anchor, which strict
-        # X.509 verification only accepts with these CA extensions.
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
+        # A leaf, not a CA: whoever trusts it (--cafile, a trust store) trusts
+        # this server, and nothing else its key could sign. OpenSSL accepts a
+        # self-signed leaf as its own trust anchor, under Python 3.13's
+        # VERIFY_X509_STRICT too (RFC 6818 exempts self-issued leaves).
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False,
                                      content_commitment=False, key_encipherment=False,
                                      data_encipherment=False, key_agreement=False,
                                      crl_sign=False, encipher_only=False, decipher_only=False),
