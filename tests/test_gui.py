@@ -384,9 +384,10 @@ def test_hostile_text_is_shown_defused(gui: Callable[..., Gui],
     view = window.view
     bob, boss = Client(server.address), Client(server.address)
     # What the server lets through (it refuses C0 and C1 controls, which
-    # display's tests cover): reordering marks and a line separator.
-    hostile = "\u202eevil\u202c \u2028next \u200fmark"
-    raw = ("\u202e", "\u202c", "\u2028", "\u200f")
+    # display's tests cover): reordering marks, a line separator, and
+    # invisible characters.
+    hostile = "\u202eevil\u202c \u2028next \u200fmark pay\u200bpal\u2060\ufeff\u00ad"
+    raw = ("\u202e", "\u202c", "\u2028", "\u200f", "\u200b", "\u2060", "\ufeff", "\u00ad")
     try:
         bob.login("bob")
         boss.login("boss")
@@ -397,6 +398,7 @@ def test_hostile_text_is_shown_defused(gui: Callable[..., Gui],
         window.wait_for(lambda: "evil" in window.room(), "the message")
         shown = window.room() + view.conversations["bob"].contents()
         assert not any(ch in shown for ch in raw) and "\\u202eevil" in shown
+        assert "pay\\u200bpal\\u2060\\ufeff\\xad" in shown
         boss.send({"type": "kick", "username": "alice", "reason": hostile})
         ended = window.dialog("Disconnected")
         text = ended.message.cget("text")
