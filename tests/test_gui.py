@@ -408,13 +408,16 @@ def test_hostile_text_is_shown_defused(gui: Callable[..., Gui],
         boss.close()
 
 
+@pytest.mark.parametrize("remembered", ["pinned", "vouched for by an authority"])
 def test_a_changed_certificate_is_refused_with_the_reason(gui: Callable[..., Gui],
                                                           servers: Callable[..., object],
-                                                          tmp_path: Path) -> None:
-    server = servers(tls__enabled=True)
+                                                          tmp_path: Path, remembered: str) -> None:
+    server = servers(tls__enabled=True)  # with a self-signed certificate
     add_user(server, "alice")
     port = server.address[1]
-    KnownServers(tmp_path / "known_servers").remember("127.0.0.1", port, fingerprint(b"old"))
+    before = fingerprint(b"old")
+    line = before if remembered == "pinned" else f"ca {before}"
+    (tmp_path / "known_servers").write_text(f"127.0.0.1:{port} {line}\n")
     window = gui(port, tls=True)
     window.log_in()
     refused = window.dialog("Server not trusted")

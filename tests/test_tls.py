@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from authchat.errors import ConfigError
-from authchat.tls import CERT_FILENAME, KEY_FILENAME, fingerprint
+from authchat.tls import CERT_FILENAME, KEY_FILENAME, KnownServer, KnownServers, fingerprint
 
 from conftest import GOOD_PASSWORD
 from helpers import CertificateAuthority, Client, add_user, start_server
@@ -85,6 +85,23 @@ def test_trusting_the_self_signed_certificate_vouches_for_that_server_only(
             trusting.wrap_socket(raw, server_hostname="localhost").close()
     finally:
         server.shutdown()
+
+
+def test_the_known_servers_file_holds_pins_and_servers_an_authority_vouched_for(
+        tmp_path: Path) -> None:
+    fp, other = fingerprint(b"one"), fingerprint(b"two")
+    path = tmp_path / "known_servers"
+    path.write_text(f"# a comment\n\nchat.example:5555 {fp}\n[::1]:5555 ca {other}\n"
+                    f"chat.example:5555 ca {other}\nchat.example:6666 four fields here\n")
+    known = KnownServers(path)
+    assert known.lookup("chat.example", 5555) == KnownServer(pin=fp)  # the first line counts
+    assert known.get("chat.example", 5555) == fp  # a line as older versions wrote it
+    assert known.lookup("::1", 5555) == KnownServer(vouched=True)
+    assert known.get("::1", 5555) is None  # noted, not pinned
+    assert known.lookup("chat.example", 6666) is None
+    known.remember_vouched("new.example", 1, other.replace(":", "").lower())
+    known.remember("::1", 7, fp)
+    assert path.read_text().endswith(f"new.example:1 ca {other}\n[::1]:7 {fp}\n")
 
 
 def test_shared_key_file_is_refused(tmp_path: Path) -> None:
