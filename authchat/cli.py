@@ -177,7 +177,8 @@ def _client_options(settings: Settings, host: str | None, port: int | None, tls:
 
 
 def _ask_trust(where: str, seen: str) -> bool:
-    click.echo(f"The server {where} presents a certificate that no authority vouches for.\n"
+    click.echo(f"The server {where} presents a self-signed certificate, which no authority "
+               "vouches for.\n"
                f"Its SHA-256 fingerprint is:\n  {seen}\n"
                "Check it with the server's operator (the server logs it when it starts).",
                err=True)

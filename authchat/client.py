@@ -8,11 +8,16 @@ replies with requests, and, if allowed, reconnects with backoff after a drop,
 logging in again with the password it was given.
 
 TLS trust, safe by default: a certificate that verifies against the system
-CAs (or `cafile`) is accepted; otherwise the SHA-256 fingerprint must match
-`fingerprint`, or the one pinned for this host:port in the known-servers file,
-or the user must confirm it (trust on first use), after which it is pinned.
-A changed fingerprint is refused, never prompted for. Passwords are never
-sent in plaintext to a host that is not loopback unless `insecure` is set.
+CAs (or `cafile`) is accepted, and the server is noted in the known-servers
+file as one an authority vouched for. Otherwise the SHA-256 fingerprint must
+match `fingerprint`, or the one pinned for this host:port in that file, or,
+only for a self-signed certificate on a server no authority vouched for, the
+user must confirm it (trust on first use), after which it is pinned. Every
+other failure is refused with its reason and never prompted for: another
+name, an expired certificate, an authority this computer does not trust, a
+changed fingerprint, and a self-signed certificate where an authority vouched
+before. Passwords are never sent in plaintext to a host that is not loopback
+unless `insecure` is set.
 
 Both transports let the reader thread and a sending thread share one
 connection safely. No UI, no click, no store here.
@@ -37,8 +42,8 @@ from .errors import AuthchatError, ErrorCode
 from .protocol import FrameDecoder, ProtocolError
 from .roster import dm_peer
 from .sanitize import escape
-from .tls import KnownServers, client_context, default_known_servers, fingerprint, \
-    normalize_fingerprint, same_fingerprint
+from .tls import KnownServer, KnownServers, client_context, default_known_servers, \
+    fingerprint, is_self_signed, normalize_fingerprint, same_fingerprint
 from .transport import PlainTransport, TLSTransport, TransportClosed, is_loopback
 
 log = logging.getLogger(__name__)
@@ -74,6 +79,13 @@ ERROR_TEXT = {
 }
 # After these the run is over: reconnecting would only repeat them.
 FINAL_CODES = {ErrorCode.KICKED, ErrorCode.ACCOUNT_DISABLED, ErrorCode.BAD_CREDENTIALS}
+
+# OpenSSL's verification results (X509_V_ERR_* in openssl/x509_vfy.h) that
+# get their own answer; the rest "do not verify".
+CERT_NOT_YET_VALID = 9
+CERT_HAS_EXPIRED = 10
+DEPTH_ZERO_SELF_SIGNED_CERT = 18  # the only one trust on first use is offered for
+NAME_MISMATCH = {62, 64}  # HOSTNAME_MISMATCH, IP_ADDRESS_MISMATCH
 
 
 class ClientError(AuthchatError):
@@ -225,51 +237,103 @@ def _open_tls(options: ClientOptions, confirm: Confirm | None) -> Link:
     where = f"{options.host}:{options.port}"
     try:
         if options.cafile or not (options.insecure or options.fingerprint):
-            pinned = None if options.cafile else _pinned(options)
-            if pinned is None:
-                return _open_verified(options, confirm)
-            return _open_pinned(options, pinned, where, pinned=True)
+            known = _known(options)
+            if known is not None and known.pin is not None and not options.cafile:
+                return _open_pinned(options, known.pin, where, pinned=True)
+            return _open_verified(options, confirm, known)
         if options.fingerprint:
             return _open_pinned(options, options.fingerprint, where, pinned=False)
         transport = _handshake(options, client_context(verify=False))
         return Link(transport, fingerprint(transport.peer_certificate() or b""))
     except (ssl.SSLError, TransportClosed, TimeoutError) as e:
         if isinstance(e, ssl.SSLCertVerificationError):
-            raise TrustError(f"the certificate of {where} does not verify: "
-                             f"{e.verify_message}") from None
+            raise _unverified(options, e) from None
         raise ClientError(f"TLS with {where} failed: {e}") from None
 
 
-def _pinned(options: ClientOptions) -> str | None:
+def _known(options: ClientOptions) -> KnownServer | None:
     try:
-        return KnownServers(options.known_servers).get(options.host, options.port)
+        return KnownServers(options.known_servers).lookup(options.host, options.port)
     except (OSError, ValueError) as e:
         raise ClientError(f"cannot read the known-servers file {options.known_servers}: "
                           f"{getattr(e, 'strerror', None) or e}") from None
 
 
-def _open_verified(options: ClientOptions, confirm: Confirm | None) -> Link:
-    """System CAs (or cafile) first; a self-signed certificate goes to trust on first use."""
+def _unverified(options: ClientOptions, error: ssl.SSLCertVerificationError) -> TrustError:
+    """Why a certificate that failed verification is refused: never a question."""
+    where = f"{options.host}:{options.port}"
+    if error.verify_code in NAME_MISMATCH:
+        return TrustError(f"the certificate of {where} was issued for another name, not "
+                          f"{options.host}. Connection refused; connect by the name the "
+                          "server's operator gives, or have them fix the certificate")
+    if error.verify_code == CERT_HAS_EXPIRED:
+        return TrustError(f"the certificate of {where} has expired. Connection refused; the "
+                          "server's operator must renew it (or this computer's clock is wrong)")
+    if error.verify_code == CERT_NOT_YET_VALID:
+        return TrustError(f"the certificate of {where} is not valid yet. Connection refused; "
+                          "check this computer's clock")
+    return TrustError(f"the certificate of {where} does not verify: {error.verify_message}. "
+                      "Connection refused; if the server's authority is a private one, pass "
+                      "its certificate with --cafile")
+
+
+def _open_verified(options: ClientOptions, confirm: Confirm | None,
+                   known: KnownServer | None) -> Link:
+    """A certificate an authority vouches for, or else a self-signed one to trust on first use."""
+    vouched = known is not None and known.vouched
     try:
         transport = _handshake(options, client_context(verify=True, cafile=options.cafile))
-        return Link(transport, fingerprint(transport.peer_certificate() or b""))
-    except ssl.SSLCertVerificationError:
-        if options.cafile:
+    except ssl.SSLCertVerificationError as e:
+        # With a cafile the user named the authority: no first use either.
+        if e.verify_code != DEPTH_ZERO_SELF_SIGNED_CERT or (options.cafile and not vouched):
             raise
-    transport = _handshake(options, client_context(verify=False))
+        return _open_self_signed(options, confirm, vouched)
     seen = fingerprint(transport.peer_certificate() or b"")
-    where = f"{options.host}:{options.port}"
-    if confirm is None:
-        transport.close()
-        raise TrustError(
-            f"{where} has a certificate no authority vouches for, with SHA-256 fingerprint "
-            f"{seen}. To trust it, check that fingerprint with the server's operator and pass "
-            "--fingerprint, or use --cafile or --insecure")
-    if not confirm(where, seen):
-        transport.close()
-        raise TrustError(f"not trusting {where}")
-    KnownServers(options.known_servers).remember(options.host, options.port, seen)
+    if known is None:
+        _note_vouched(options, seen)
     return Link(transport, seen)
+
+
+def _note_vouched(options: ClientOptions, seen: str) -> None:
+    """Note the server, so that a self-signed certificate there later is refused as a change."""
+    try:
+        KnownServers(options.known_servers).remember_vouched(options.host, options.port, seen)
+    except OSError as e:  # the connection is no less safe for it
+        log.warning("cannot note %s:%s in %s: %s", options.host, options.port,
+                    options.known_servers, e.strerror or e)
+
+
+def _open_self_signed(options: ClientOptions, confirm: Confirm | None, vouched: bool) -> Link:
+    """Trust on first use: offered for a self-signed certificate on a server
+    no authority vouched for; pinned once the user trusts it."""
+    transport = _handshake(options, client_context(verify=False))
+    try:
+        der = transport.peer_certificate() or b""
+        seen = fingerprint(der)
+        where = f"{options.host}:{options.port}"
+        if vouched:
+            raise _changed(where, "An authority vouched for it before (as "
+                                  f"{options.known_servers} notes); now it is self-signed, "
+                                  f"with fingerprint {seen}")
+        if not is_self_signed(der):  # not what the verifying handshake saw: ask nothing
+            raise TrustError(f"the certificate of {where} does not verify. Connection refused")
+        _ask_first_use(where, seen, confirm)
+        KnownServers(options.known_servers).remember(options.host, options.port, seen)
+    except BaseException:
+        transport.close()
+        raise
+    return Link(transport, seen)
+
+
+def _ask_first_use(where: str, seen: str, confirm: Confirm | None) -> None:
+    """Raises TrustError unless the user trusts this self-signed certificate."""
+    if confirm is None:
+        raise TrustError(
+            f"{where} has a self-signed certificate, which no authority vouches for, with "
+            f"SHA-256 fingerprint {seen}. To trust it, check that fingerprint with the "
+            "server's operator and pass --fingerprint, or use --cafile or --insecure")
+    if not confirm(where, seen):
+        raise TrustError(f"not trusting {where}")
 
 
 def _open_pinned(options: ClientOptions, expected: str, where: str, *, pinned: bool) -> Link:
@@ -284,12 +348,15 @@ def _open_pinned(options: ClientOptions, expected: str, where: str, *, pinned: b
         transport.close()
         source = f"the fingerprint remembered in {options.known_servers}" if pinned \
             else "the fingerprint you gave"
-        raise TrustError(
-            f"WARNING: THE CERTIFICATE OF {where} HAS CHANGED. Someone may be intercepting "
-            f"the connection, or the server got a new certificate. It is {seen}, not "
-            f"{normalize_fingerprint(expected)} ({source}). Connection refused; if the change "
-            "is expected, pass --fingerprint or edit the known-servers file")
+        raise _changed(where, f"It is {seen}, not {normalize_fingerprint(expected)} ({source})")
     return Link(transport, seen)
+
+
+def _changed(where: str, detail: str) -> TrustError:
+    return TrustError(
+        f"WARNING: THE CERTIFICATE OF {where} HAS CHANGED. Someone may be intercepting "
+        f"the connection, or the server got a new certificate. {detail}. Connection "
+        "refused; if the change is expected, pass --fingerprint or edit the known-servers file")
 
 
 def _authenticate(link: Link, frame: dict[str, Any], timeout: float) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Making text from other people safe to write to a log or a terminal.
 
 Anything a client controls (usernames, messages, reasons) may hold newlines,
-terminal escape sequences or bidi controls. Written raw, they could forge log
-lines, retitle or wipe a terminal, or make text read backwards. `escape`
-writes each such character as a visible \\x or \\u escape instead.
+terminal escape sequences, bidi controls or invisible characters. Written raw,
+they could forge log lines, retitle or wipe a terminal, make text read
+backwards, or make two texts that differ look the same (a link, a command to
+copy). `escape` writes each such character as a visible \\x or \\u escape
+instead; every client shows text through it, so all show it alike.
 """
 
 from __future__ import annotations
@@ -15,9 +17,14 @@ import secrets
 
 # C0 controls but newline; then C1 controls, DEL, line/paragraph separators,
 # bidi marks, embeddings, overrides and isolates (the "Trojan Source" set), and
-# lone surrogates.
-_UNSAFE_BUT_NEWLINE_CHARS = (r"\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
-                             r"\u202a-\u202e\u2066-\u2069\ud800-\udfff")
+# lone surrogates. And what draws nothing: the soft hyphen (nothing hyphenates
+# a chat line), the Mongolian vowel separator, zero-width space, non-joiner and
+# joiner, the word joiner and invisible operators (U+2060-2064, with U+2065,
+# unassigned, and the deprecated format controls U+206A-206F), and the BOM.
+# The joiners also build emoji sequences and Persian or Indic spellings, which
+# then show their escapes: as with bidi marks, seeing every character wins.
+_UNSAFE_BUT_NEWLINE_CHARS = (r"\x00-\x09\x0b-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f"
+                             r"\u2028\u2029\u202a-\u202e\u2060-\u206f\ufeff\ud800-\udfff")
 _UNSAFE = re.compile(rf"[\n{_UNSAFE_BUT_NEWLINE_CHARS}]")
 _UNSAFE_BUT_NEWLINE = re.compile(rf"[{_UNSAFE_BUT_NEWLINE_CHARS}]")
 
@@ -36,9 +43,10 @@ def escape_json(text: str) -> str:
     """JSON text with every unsafe character written as a JSON \\u escape.
 
     json.dumps(ensure_ascii=False) escapes C0 controls but leaves DEL, C1
-    controls, separators, bidi controls and lone surrogates raw; as escapes
-    they cannot act on a terminal, and JSON made from decoded text (where a
-    surrogate is always alone) decodes to the same value.
+    controls, separators, bidi controls, invisible characters and lone
+    surrogates raw; as escapes they cannot act on a terminal, and JSON made
+    from decoded text (where a surrogate is always alone) decodes to the same
+    value.
     """
     return _UNSAFE.sub(_json_escape_match, text)
 

@@ -8,7 +8,9 @@ is encrypted from the first connection; clients pin its SHA-256 fingerprint.
 
 Clients verify against the system CAs or a given CA file, or pin a
 fingerprint: given on the command line, or remembered on first use in a
-known-servers file, as ssh does with known_hosts.
+known-servers file, as ssh does with known_hosts. That file also notes the
+servers an authority vouched for, so that a self-signed certificate there
+later is a change, not a first use.
 
 This module builds contexts and files; it never accepts, reads or writes a socket.
 """
@@ -25,6 +27,7 @@ import re
 import socket
 import ssl
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config, ensure_private_dir
@@ -134,10 +137,12 @@ def _make_self_signed() -> tuple[bytes, bytes]:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=SELF_SIGNED_DAYS))
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        # Self-signed and pinned: it is its own trust anchor, which strict
-        # X.509 verification only accepts with these CA extensions.
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
+        # A leaf, not a CA: whoever trusts it (--cafile, a trust store) trusts
+        # this server, and nothing else its key could sign. OpenSSL accepts a
+        # self-signed leaf as its own trust anchor, under Python 3.13's
+        # VERIFY_X509_STRICT too (RFC 6818 exempts self-issued leaves).
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False,
                                      content_commitment=False, key_encipherment=False,
                                      data_encipherment=False, key_agreement=False,
                                      crl_sign=False, encipher_only=False, decipher_only=False),
@@ -196,17 +201,53 @@ def same_fingerprint(a: str, b: str) -> bool:
     return hmac.compare_digest(normalize_fingerprint(a), normalize_fingerprint(b))
 
 
-class KnownServers:
-    """Pinned certificate fingerprints per host:port, in a file like ssh's known_hosts.
+def is_self_signed(der: bytes) -> bool:
+    """Whether a DER certificate names itself as its issuer and carries its own key's signature."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
 
-    One line per server: `host:port FINGERPRINT` (`[::1]:5555` for IPv6).
-    Lines starting with # are comments. Edit the file to forget a server.
+    try:
+        certificate = x509.load_der_x509_certificate(der)
+        certificate.verify_directly_issued_by(certificate)
+    except (ValueError, TypeError, InvalidSignature):  # another issuer, or not a certificate
+        return False
+    return True
+
+
+VOUCHED = "ca"  # the known-servers field that marks a server an authority vouched for
+
+
+@dataclass(frozen=True)
+class KnownServer:
+    """What the known-servers file says of one host:port: a pinned
+    fingerprint, or that an authority vouched for it."""
+
+    pin: str | None = None
+    vouched: bool = False
+
+
+class KnownServers:
+    """Pinned certificate fingerprints per host:port, in a file like ssh's
+    known_hosts, and the servers an authority has vouched for.
+
+    One line per server (`[::1]:5555` for IPv6):
+
+        host:port FINGERPRINT      pinned: only this certificate is accepted
+        host:port ca FINGERPRINT   an authority vouched for it (FINGERPRINT is
+                                   the certificate it vouched for, for the record)
+
+    A vouched-for server is not pinned, since authorities renew certificates
+    often; it is noted so that a self-signed certificate there later is
+    refused as a change instead of being offered for trust on first use.
+    Older versions read only two-field lines, so they skip the `ca` ones.
+    The first line for a server counts; lines starting with # are comments.
+    Edit the file to forget a server.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def get(self, host: str, port: int) -> str | None:
+    def lookup(self, host: str, port: int) -> KnownServer | None:
         key = server_key(host, port)
         try:
             lines = self.path.read_text("utf-8").splitlines()
@@ -214,15 +255,31 @@ class KnownServers:
             return None
         for line in lines:
             fields = line.split()
-            if len(fields) == 2 and fields[0] == key and not fields[0].startswith("#"):
-                return fields[1]
+            if len(fields) == 3 and fields[0] == key and fields[1] == VOUCHED:
+                return KnownServer(vouched=True)
+            if len(fields) == 2 and fields[0] == key:
+                return KnownServer(pin=fields[1])
         return None
 
+    def get(self, host: str, port: int) -> str | None:
+        """The fingerprint pinned for host:port, if any."""
+        known = self.lookup(host, port)
+        return known.pin if known else None
+
     def remember(self, host: str, port: int, fingerprint_text: str) -> None:
+        """Pin this fingerprint for host:port."""
+        self._append(f"{server_key(host, port)} {normalize_fingerprint(fingerprint_text)}")
+
+    def remember_vouched(self, host: str, port: int, fingerprint_text: str) -> None:
+        """Note that an authority vouched for host:port (for this certificate)."""
+        self._append(f"{server_key(host, port)} {VOUCHED} "
+                     f"{normalize_fingerprint(fingerprint_text)}")
+
+    def _append(self, line: str) -> None:
         ensure_private_dir(self.path.parent)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a", encoding="utf-8") as f:
-            f.write(f"{server_key(host, port)} {normalize_fingerprint(fingerprint_text)}\n")
+            f.write(line + "\n")
 
 
 def server_key(host: str, port: int) -> str:

@@ -6,6 +6,8 @@ comes fails with TimeoutError instead of hanging.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import os
 import pty
@@ -23,6 +25,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from authchat.config import Config, load_config
 from authchat.server import Server
@@ -163,6 +170,90 @@ def run_in_pty(args: list[str], env: dict[str, str], answers: list[tuple[bytes, 
     _, status = os.waitpid(pid, 0)
     os.close(fd)
     return os.waitstatus_to_exitcode(status), transcript.decode(errors="replace")
+
+
+PEM = serialization.Encoding.PEM
+
+
+class CertificateAuthority:
+    """An issuer of certificates for one test: a CA made here, or an existing
+    certificate and key (to forge what that key could sign).
+
+    Certificates and keys are written to the test's own directory, never kept.
+    """
+
+    def __init__(self, directory: Path, key: ec.EllipticCurvePrivateKey | None = None,
+                 name: x509.Name | None = None) -> None:
+        self.directory = directory
+        self.key = key or ec.generate_private_key(ec.SECP256R1())
+        self.name = name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+        directory.mkdir(parents=True, exist_ok=True)
+        self.cafile = directory / "ca.pem"
+        if key is None:
+            self.cafile.write_bytes(self._sign(self._ca_certificate()).public_bytes(PEM))
+
+    @classmethod
+    def from_pair(cls, directory: Path, cert: Path, key: Path) -> CertificateAuthority:
+        """Sign as the holder of this certificate and key would."""
+        private_key = serialization.load_pem_private_key(key.read_bytes(), None)
+        assert isinstance(private_key, ec.EllipticCurvePrivateKey)
+        subject = x509.load_pem_x509_certificate(cert.read_bytes()).subject
+        return cls(directory, private_key, subject)
+
+    def issue(self, stem: str, *names: str, expired: bool = False) -> tuple[Path, Path]:
+        """A server certificate for `names` (host names or IP addresses), written
+        as STEM-cert.pem and STEM-key.pem (0600); returns their paths."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        start, end = (now - datetime.timedelta(days=30), now - datetime.timedelta(days=1)) \
+            if expired else (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
+        builder = (
+            self._builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]),
+                          key.public_key(), start, end)
+            .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False))
+        cert_path = self.directory / f"{stem}-cert.pem"
+        key_path = self.directory / f"{stem}-key.pem"
+        cert_path.write_bytes(self._sign(builder).public_bytes(PEM))
+        key_path.write_bytes(key.private_bytes(PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        key_path.chmod(0o600)  # the server refuses a key others can read
+        return cert_path, key_path
+
+    def _ca_certificate(self) -> x509.CertificateBuilder:
+        now = datetime.datetime.now(datetime.UTC)
+        return (self._builder(self.name, self.key.public_key(), now - datetime.timedelta(days=1),
+                              now + datetime.timedelta(days=30))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                .add_extension(x509.KeyUsage(
+                    digital_signature=False, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                    crl_sign=True, encipher_only=False, decipher_only=False), critical=True))
+
+    def _builder(self, subject: x509.Name, public_key: ec.EllipticCurvePublicKey,
+                 start: datetime.datetime, end: datetime.datetime) -> x509.CertificateBuilder:
+        # The key identifiers are what Python 3.13's strict verification asks for.
+        return (x509.CertificateBuilder()
+                .subject_name(subject).issuer_name(self.name).public_key(public_key)
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(start).not_valid_after(end)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key),
+                               critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                    self.key.public_key()), critical=False))
+
+    def _sign(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+        return builder.sign(self.key, hashes.SHA256())
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:

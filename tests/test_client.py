@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 
 from authchat.client import Chat, ClientError, ClientOptions, Notice, ServerError, \
-    describe_error, open_link
+    TrustError, describe_error, open_link
 from authchat.tls import CERT_FILENAME, KnownServers
 
 from conftest import GOOD_PASSWORD, cli_env
-from helpers import Client, ServerProcess, add_user, eventually, run_in_pty, start_server
+from helpers import CertificateAuthority, Client, ServerProcess, add_user, eventually, \
+    run_in_pty, start_server
 
 OTHER_PASSWORD = "an entirely different phrase"
 
@@ -170,6 +171,125 @@ def test_refusing_to_trust(tls_server: Any, client_env: dict[str, str], tmp_path
                                              (b"remember it? [y/N]: ", b"n\r")])
     assert status == 1 and "not trusting" in screen
     assert not known_servers_file(tmp_path).exists()
+
+
+class Asked:
+    """A confirm callback that records being asked, and says no."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str]] = []
+
+    def __call__(self, where: str, seen: str) -> bool:
+        self.asked.append((where, seen))
+        return False
+
+
+@pytest.fixture
+def authority(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CertificateAuthority:
+    """A CA of this test's own, which this process trusts as it does the system's."""
+    ca = CertificateAuthority(tmp_path / "ca")
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca.cafile))  # OpenSSL's system CA file
+    return ca
+
+
+def ca_signed_server(home: Path, cert: tuple[Path, Path], port: int = 0) -> Any:
+    return start_server(home, tls__enabled=True, tls__cert=str(cert[0]), tls__key=str(cert[1]),
+                        server__port=port)
+
+
+# Certificates that fail verification for a reason of their own: (names on the
+# certificate, the host connected to, what the refusal says).
+REFUSED = {
+    "another name": (("chat.example.org",), "localhost", "issued for another name"),
+    "another address": (("chat.example.org",), "127.0.0.1", "issued for another name"),
+    "expired": (("localhost", "127.0.0.1"), "127.0.0.1", "has expired"),
+    "unknown authority": (("localhost", "127.0.0.1"), "127.0.0.1", "does not verify"),
+}
+
+
+@pytest.mark.parametrize("via", ["system CAs", "cafile"])
+@pytest.mark.parametrize("case", REFUSED)
+def test_only_a_self_signed_certificate_is_offered_for_trust(
+        authority: CertificateAuthority, tmp_path: Path, via: str, case: str) -> None:
+    """Another name, an expired certificate, an authority nobody trusts: refused
+    with the reason, never turned into a question."""
+    names, host, fragment = REFUSED[case]
+    issuer = CertificateAuthority(tmp_path / "other-ca") if case == "unknown authority" \
+        else authority
+    server = ca_signed_server(tmp_path / "server",
+                              issuer.issue("leaf", *names, expired=case == "expired"))
+    known = tmp_path / "known_servers"
+    options = ClientOptions(host=host, port=server.address[1], known_servers=known,
+                            cafile=str(authority.cafile) if via == "cafile" else None)
+    asked = Asked()
+    try:
+        with pytest.raises(TrustError, match=fragment) as refused:
+            open_link(options, asked)
+    finally:
+        server.shutdown()
+    assert asked.asked == [] and not known.exists()
+    assert "Connection refused" in str(refused.value)
+
+
+@pytest.mark.parametrize("later", ["system CAs", "cafile"])
+def test_a_server_an_authority_vouched_for_is_remembered_and_self_signed_there_is_a_change(
+        authority: CertificateAuthority, tmp_path: Path, later: str) -> None:
+    known = tmp_path / "known_servers"
+    server = ca_signed_server(tmp_path / "server", authority.issue("leaf", "127.0.0.1"))
+    port = server.address[1]
+    try:
+        first = ClientOptions(port=port, cafile=str(authority.cafile), known_servers=known)
+        link = open_link(first, Asked())
+        vouched_for = link.fingerprint
+        link.close()
+    finally:
+        server.shutdown()
+    assert known.read_text() == f"127.0.0.1:{port} ca {vouched_for}\n"
+    assert KnownServers(known).get("127.0.0.1", port) is None  # noted, not pinned
+    # The same address, now with a self-signed certificate (authchat's own).
+    impostor = start_server(tmp_path / "impostor", tls__enabled=True, server__port=port)
+    asked = Asked()
+    try:
+        options = ClientOptions(port=port, known_servers=known,
+                                cafile=str(authority.cafile) if later == "cafile" else None)
+        with pytest.raises(TrustError, match="HAS CHANGED") as refused:
+            open_link(options, asked)
+    finally:
+        impostor.shutdown()
+    assert asked.asked == []
+    assert impostor.fingerprint in str(refused.value) and "self-signed" in str(refused.value)
+    assert known.read_text() == f"127.0.0.1:{port} ca {vouched_for}\n"
+
+
+def test_register_and_connect_follow_the_same_trust_rules(
+        authority: CertificateAuthority, tmp_path: Path, client_env: dict[str, str]) -> None:
+    env = {**client_env, "SSL_CERT_FILE": str(authority.cafile)}
+    password = GOOD_PASSWORD.encode() + b"\r"
+    server = ca_signed_server(tmp_path / "server", authority.issue("leaf", "127.0.0.1"))
+    port = server.address[1]
+    try:
+        status, screen = run_in_pty(["register", "dave", "--port", str(port)], env, [
+            (b"Password: ", password), (b"confirmation: ", password)])
+        assert status == 0 and "registered dave" in screen, screen
+    finally:
+        server.shutdown()
+    impostor = start_server(tmp_path / "impostor", tls__enabled=True, server__port=port)
+    try:
+        # A trust question is answered, should one come, so that the test fails, not hangs.
+        status, screen = run_in_pty(["connect", "dave", "--port", str(port)], env, [
+            (b"Password: ", password), (b"[y/N]: ", b"n\r")])
+        assert status != 0 and "HAS CHANGED" in screen and "[y/N]" not in screen, screen
+    finally:
+        impostor.shutdown()
+    expired = ca_signed_server(tmp_path / "expired",
+                               authority.issue("old", "localhost", expired=True), port)
+    try:
+        status, screen = run_in_pty(["register", "erin", "--port", str(port),
+                                     "--host", "localhost"], env, [
+            (b"Password: ", password), (b"confirmation: ", password), (b"[y/N]: ", b"n\r")])
+        assert status != 0 and "has expired" in screen and "[y/N]" not in screen, screen
+    finally:
+        expired.shutdown()
 
 
 def test_no_password_in_plaintext_to_a_remote_host(client_env: dict[str, str]) -> None:

@@ -25,6 +25,22 @@ def test_no_escape_sequence_reaches_the_terminal() -> None:
     assert "\\x1b]0;pwned\\x07" in line and "\\u202eevil" in line
 
 
+# Zero-width and other invisible characters: text holding them looks like
+# text without them (a name, a link, a command to copy) but is not.
+INVISIBLE = "\u00ad\u180e\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\u206a\ufeff"
+
+
+def test_invisible_characters_are_shown_as_escapes() -> None:
+    text = "pay" + "pal ".join(INVISIBLE)
+    line = plain(render(message("bob", text), "alice"))
+    assert not any(ch in line for ch in INVISIBLE), ascii(line)
+    assert "pay\\xadpal" in line and "\\u200bpal" in line and "\\ufeff" in line
+    out = io.StringIO()
+    Printer(out, as_json=True, me="alice")(message("bob", text))  # `connect --json`
+    assert not any(ch in out.getvalue() for ch in INVISIBLE)
+    assert json.loads(out.getvalue())["text"] == text
+
+
 def test_multi_line_messages_stay_readable() -> None:
     line = plain(render(message("bob", "first\nsecond"), "alice"))
     first, second = line.split("\n")

@@ -384,9 +384,10 @@ def test_hostile_text_is_shown_defused(gui: Callable[..., Gui],
     view = window.view
     bob, boss = Client(server.address), Client(server.address)
     # What the server lets through (it refuses C0 and C1 controls, which
-    # display's tests cover): reordering marks and a line separator.
-    hostile = "\u202eevil\u202c \u2028next \u200fmark"
-    raw = ("\u202e", "\u202c", "\u2028", "\u200f")
+    # display's tests cover): reordering marks, a line separator, and
+    # invisible characters.
+    hostile = "\u202eevil\u202c \u2028next \u200fmark pay\u200bpal\u2060\ufeff\u00ad"
+    raw = ("\u202e", "\u202c", "\u2028", "\u200f", "\u200b", "\u2060", "\ufeff", "\u00ad")
     try:
         bob.login("bob")
         boss.login("boss")
@@ -397,6 +398,7 @@ def test_hostile_text_is_shown_defused(gui: Callable[..., Gui],
         window.wait_for(lambda: "evil" in window.room(), "the message")
         shown = window.room() + view.conversations["bob"].contents()
         assert not any(ch in shown for ch in raw) and "\\u202eevil" in shown
+        assert "pay\\u200bpal\\u2060\\ufeff\\xad" in shown
         boss.send({"type": "kick", "username": "alice", "reason": hostile})
         ended = window.dialog("Disconnected")
         text = ended.message.cget("text")
@@ -406,13 +408,16 @@ def test_hostile_text_is_shown_defused(gui: Callable[..., Gui],
         boss.close()
 
 
+@pytest.mark.parametrize("remembered", ["pinned", "vouched for by an authority"])
 def test_a_changed_certificate_is_refused_with_the_reason(gui: Callable[..., Gui],
                                                           servers: Callable[..., object],
-                                                          tmp_path: Path) -> None:
-    server = servers(tls__enabled=True)
+                                                          tmp_path: Path, remembered: str) -> None:
+    server = servers(tls__enabled=True)  # with a self-signed certificate
     add_user(server, "alice")
     port = server.address[1]
-    KnownServers(tmp_path / "known_servers").remember("127.0.0.1", port, fingerprint(b"old"))
+    before = fingerprint(b"old")
+    line = before if remembered == "pinned" else f"ca {before}"
+    (tmp_path / "known_servers").write_text(f"127.0.0.1:{port} {line}\n")
     window = gui(port, tls=True)
     window.log_in()
     refused = window.dialog("Server not trusted")

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from authchat.errors import ConfigError
-from authchat.tls import CERT_FILENAME, KEY_FILENAME, fingerprint
+from authchat.tls import CERT_FILENAME, KEY_FILENAME, KnownServer, KnownServers, fingerprint
 
 from conftest import GOOD_PASSWORD
-from helpers import Client, add_user, start_server
+from helpers import CertificateAuthority, Client, add_user, start_server
 
 
 @pytest.fixture
@@ -57,6 +57,51 @@ def test_self_signed_certificate_is_private_and_reused(tmp_path: Path) -> None:
     client = Client(second.address, cafile=home / CERT_FILENAME)
     assert fingerprint(client.sock.getpeercert(binary_form=True)) == fp
     second.shutdown()
+
+
+def test_trusting_the_self_signed_certificate_vouches_for_that_server_only(
+        tmp_path: Path) -> None:
+    """Whoever adds the generated certificate to a trust store (as --cafile
+    does) trusts this server, not any name its key could sign for."""
+    home = tmp_path / "home"
+    start_server(home, tls__enabled=True).shutdown()  # generates the pair
+    generated = home / CERT_FILENAME
+    server_key = CertificateAuthority.from_pair(tmp_path / "forged", generated,
+                                                home / KEY_FILENAME)
+    cert, key = server_key.issue("bank", "bank.example")
+    impostor = start_server(tmp_path / "impostor", tls__enabled=True, tls__cert=str(cert),
+                            tls__key=str(key))
+    trusting = ssl.create_default_context(cafile=str(generated))
+    try:
+        with socket.create_connection(impostor.address, timeout=5) as raw:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                trusting.wrap_socket(raw, server_hostname="bank.example")
+    finally:
+        impostor.shutdown()
+    # ...and still vouches for the server itself, under this Python's defaults.
+    server = start_server(home, tls__enabled=True)
+    try:
+        with socket.create_connection(server.address, timeout=5) as raw:
+            trusting.wrap_socket(raw, server_hostname="localhost").close()
+    finally:
+        server.shutdown()
+
+
+def test_the_known_servers_file_holds_pins_and_servers_an_authority_vouched_for(
+        tmp_path: Path) -> None:
+    fp, other = fingerprint(b"one"), fingerprint(b"two")
+    path = tmp_path / "known_servers"
+    path.write_text(f"# a comment\n\nchat.example:5555 {fp}\n[::1]:5555 ca {other}\n"
+                    f"chat.example:5555 ca {other}\nchat.example:6666 four fields here\n")
+    known = KnownServers(path)
+    assert known.lookup("chat.example", 5555) == KnownServer(pin=fp)  # the first line counts
+    assert known.get("chat.example", 5555) == fp  # a line as older versions wrote it
+    assert known.lookup("::1", 5555) == KnownServer(vouched=True)
+    assert known.get("::1", 5555) is None  # noted, not pinned
+    assert known.lookup("chat.example", 6666) is None
+    known.remember_vouched("new.example", 1, other.replace(":", "").lower())
+    known.remember("::1", 7, fp)
+    assert path.read_text().endswith(f"new.example:1 ca {other}\n[::1]:7 {fp}\n")
 
 
 def test_shared_key_file_is_refused(tmp_path: Path) -> None:

@@ -123,10 +123,10 @@ class App:
 
     def _ask_trust(self, where: str, seen: str, answer: Answer) -> None:
         Dialog(self.root, "Trust this server?",
-               f"The server {escape(where)} presents a certificate that no authority vouches "
-               "for. Its SHA-256 fingerprint is below. Check it with the server's operator "
-               "(the server logs it when it starts). If you trust it, it is remembered, and a "
-               "different certificate from this server will be refused.",
+               f"The server {escape(where)} presents a self-signed certificate, which no "
+               "authority vouches for. Its SHA-256 fingerprint is below. Check it with the "
+               "server's operator (the server logs it when it starts). If you trust it, it is "
+               "remembered, and a different certificate from this server will be refused.",
                ["Cancel", "Trust"], lambda button, _: answer.give(button == "Trust"),
                detail=seen, tone="warning")
 
