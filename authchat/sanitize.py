@@ -18,14 +18,17 @@ import secrets
 # C0 controls but newline; then C1 controls, DEL, line/paragraph separators,
 # bidi marks, embeddings, overrides and isolates (the "Trojan Source" set), and
 # lone surrogates. And what draws nothing: the soft hyphen (nothing hyphenates
-# a chat line), the Mongolian vowel separator, zero-width space, non-joiner and
-# joiner, the word joiner and invisible operators (U+2060-2064, with U+2065,
-# unassigned, and the deprecated format controls U+206A-206F), and the BOM.
-# The joiners also build emoji sequences and Persian or Indic spellings, which
-# then show their escapes: as with bidi marks, seeing every character wins.
-_UNSAFE_BUT_NEWLINE_CHARS = (r"\x00-\x09\x0b-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f"
+# a chat line), the Mongolian vowel separator, the zero-width space, the word
+# joiner and invisible operators (U+2060-2064, with U+2065, unassigned, and
+# the deprecated format controls U+206A-206F), and the BOM.
+_UNSAFE_BUT_NEWLINE_CHARS = (r"\x00-\x09\x0b-\x1f\x7f-\x9f\xad\u061c\u180e\u200b\u200e\u200f"
                              r"\u2028\u2029\u202a-\u202e\u2060-\u206f\ufeff\ud800-\udfff")
-_UNSAFE = re.compile(rf"[\n{_UNSAFE_BUT_NEWLINE_CHARS}]")
+# The zero-width non-joiner and joiner draw nothing either, but a message needs
+# them: they build emoji sequences (a woman at a laptop is three characters)
+# and Persian and Indic spellings. Message text keeps them; a line of its own
+# (a log line, a name, a reason) shows them as escapes like the rest.
+_JOINERS = r"\u200c\u200d"
+_UNSAFE = re.compile(rf"[\n{_UNSAFE_BUT_NEWLINE_CHARS}{_JOINERS}]")
 _UNSAFE_BUT_NEWLINE = re.compile(rf"[{_UNSAFE_BUT_NEWLINE_CHARS}]")
 
 
@@ -35,7 +38,8 @@ def escape(text: str) -> str:
 
 
 def escape_keeping_newlines(text: str) -> str:
-    """Like `escape`, but newlines stay: for multi-line messages on a terminal."""
+    """Like `escape`, but newlines and joiners stay: for message text, which may
+    run over lines and hold emoji sequences."""
     return _UNSAFE_BUT_NEWLINE.sub(_escape_match, text)
 
 

@@ -9,7 +9,7 @@ import re
 from authchat.client import Notice
 from authchat.commands import Local, Mistake, Send, parse
 from authchat.display import plain, render
-from authchat.sanitize import escape_json
+from authchat.sanitize import escape, escape_json
 from authchat.script import Printer
 
 
@@ -27,7 +27,8 @@ def test_no_escape_sequence_reaches_the_terminal() -> None:
 
 # Zero-width and other invisible characters: text holding them looks like
 # text without them (a name, a link, a command to copy) but is not.
-INVISIBLE = "\u00ad\u180e\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\u206a\ufeff"
+INVISIBLE = "\u00ad\u180e\u200b\u2060\u2061\u2062\u2063\u2064\u206a\ufeff"
+JOINERS = "\u200c\u200d"
 
 
 def test_invisible_characters_are_shown_as_escapes() -> None:
@@ -39,6 +40,15 @@ def test_invisible_characters_are_shown_as_escapes() -> None:
     Printer(out, as_json=True, me="alice")(message("bob", text))  # `connect --json`
     assert not any(ch in out.getvalue() for ch in INVISIBLE)
     assert json.loads(out.getvalue())["text"] == text
+
+
+def test_emoji_sequences_and_joined_spellings_stay_whole_in_messages() -> None:
+    woman_at_a_laptop = "\U0001f469\u200d\U0001f4bb"
+    persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"  # "I want", with a ZWNJ
+    line = plain(render(message("bob", f"{woman_at_a_laptop} {persian}"), "alice"))
+    assert woman_at_a_laptop in line and persian in line
+    # A line of its own, such as a name or a log line, still shows them.
+    assert escape(f"bob{JOINERS}") == "bob\\u200c\\u200d"
 
 
 def test_multi_line_messages_stay_readable() -> None:
