@@ -425,9 +425,9 @@ class Connection:
                 member.end_for_account_gone()
 
     def _catch_up_with_the_account(self, session: Session) -> None:
-        """Housekeeping applies account changes to the sessions in the room; one
-        made between this login's check and its entering the room came too
-        early for that, so the account is read once more now it is in."""
+        """Apply the account as it is now to this session, where housekeeping
+        may have passed a change by: one made between a login's check and its
+        entering the room, or while this session was changing its password."""
         try:
             current = self.server.off_thread(self.server.store.users_by_id,
                                              {session.account_id})
@@ -627,18 +627,11 @@ class Connection:
         finally:
             session.password_version_changing_to = None
             if not changed:
-                self._end_if_password_changed(session)
+                # Housekeeping let pass a change to the version this session
+                # was about to write; if that change was not this session's,
+                # the session must end now.
+                self._catch_up_with_the_account(session)
         return True
-
-    def _end_if_password_changed(self, session: Session) -> None:
-        """Housekeeping lets pass a change to the version this session was about
-        to write; if that change was not this session's, the session ends now."""
-        try:
-            user = self.server.off_thread(self.server.store.get_user_by_id, session.account_id)
-        except NoSuchUser:
-            return  # deleted: housekeeping ends it
-        if session.password_is_stale(user.password_version):
-            session.end_for_password_change()
 
     def _set_password(self, session: Session, request: Passwd) -> User:
         server, store = self.server, self.server.store
