@@ -6,11 +6,11 @@ accounts, invites and audit log; `messages.py` has the message history.
 Threading model. A server thread and admin commands in other processes may
 all use one database file at once, so:
   - WAL mode, so readers never wait for the writer;
-  - one SQLite connection per thread (thread-local; apsw, see sqlite.py),
-    autocommit mode, and an
-    explicit `BEGIN IMMEDIATE` for every write, so a transaction takes the
-    write lock before reading and the busy timeout applies (a deferred
-    transaction that upgrades to a write gets SQLITE_BUSY with no wait);
+  - one SQLite connection per thread (thread-local; apsw, see sqlite.py), in
+    autocommit mode, and an explicit `BEGIN IMMEDIATE` for every write, so a
+    transaction takes the write lock before reading and the busy timeout
+    applies (a deferred transaction that upgrades to a write gets
+    SQLITE_BUSY with no wait);
   - bcrypt never runs inside a transaction: it is slow by design, and the
     write lock is shared by every process.
 Each account change and its audit row are written in the same transaction,
