@@ -401,6 +401,16 @@ def test_registration_closed_and_invite_modes(servers: Any) -> None:
     assert register(client, "bob", invite=token)["type"] == "welcome"
 
 
+def test_a_bogus_invite_says_nothing_about_the_name(servers: Any) -> None:
+    server = servers(server__registration="invite")
+    add_user(server, "alice")
+    client = Client(server.address)
+    client.hello()
+    replies = [register(client, name, invite="bogus") for name in ("alice", "bob")]
+    assert replies[0] == replies[1]
+    assert replies[0]["code"] == "registration_closed"
+
+
 # -- limits -----------------------------------------------------------------------
 
 def test_message_rate_limit(servers: Any) -> None:

@@ -20,6 +20,7 @@ from authchat.errors import (
     SchemaError,
     UsernameTaken,
 )
+from authchat.passwords import PasswordHasher, PasswordPolicy
 from authchat.schema import known_migrations
 from authchat.store import Store
 
@@ -225,6 +226,22 @@ def test_expired_revoked_and_bogus_invites(store: Store) -> None:
     assert store.list_users() == []
     assert [e.action for e in store.audit_entries()] == [
         "invite.create", "invite.create", "invite.revoke"]
+
+
+def test_a_bogus_invite_is_refused_before_the_name_is_looked_up_or_hashed(
+        store: Store, config: Config) -> None:
+    store.create_user("alice", GOOD_PASSWORD, actor="t")
+    # A hasher bcrypt refuses to run (cost 3 is below its minimum): any hash
+    # raises ValueError, so getting RegistrationClosed shows none was tried.
+    unable_to_hash = Store(config.database_path, hasher=PasswordHasher(3),
+                           policy=PasswordPolicy())
+    try:
+        for name in ("alice", "bob"):  # taken or not: the same refusal
+            with pytest.raises(RegistrationClosed):
+                unable_to_hash.create_user(name, GOOD_PASSWORD, actor="net", invite="bogus")
+    finally:
+        unable_to_hash.close()
+    assert [u.username for u in store.list_users()] == ["alice"]
 
 
 def test_failed_registration_does_not_use_up_the_invite(store: Store) -> None:
