@@ -295,7 +295,7 @@ class Connection:
     def _attempt(self, request: Login | Register) -> User | Refusal:
         """A registration, or a login the throttle lets through, checked in turn."""
         if isinstance(request, Register):
-            return self._registration_refusal(request) or self._check_in_turn(request)
+            return self._registration_refusal(request) or self._register_in_turn(request)
         with self.server.login_attempt(self.ip, request.username) as wait:
             if wait > 0:
                 return Refusal(ErrorCode.RATE_LIMITED, "too many failed logins; try later", wait)
@@ -315,16 +315,21 @@ class Connection:
                 return Refusal(ErrorCode.SERVER_ERROR, INTERNAL_ERROR)
 
     def _registration_refusal(self, request: Register) -> Refusal | None:
-        """The refusals of a registration that need no password hash."""
+        """The refusals of a registration that the mode alone decides."""
         mode = self.server.config.server.registration
         if mode == "closed" or (mode == "invite" and request.invite is None):
             return Refusal(ErrorCode.REGISTRATION_CLOSED,
                            "registration needs an invite" if mode == "invite"
                            else "registration is closed")
-        wait = self.server.registration_wait(self.ip)
-        if wait > 0:
-            return Refusal(ErrorCode.RATE_LIMITED, "too many registrations; try later", wait)
         return None
+
+    def _register_in_turn(self, request: Register) -> User | Refusal:
+        """A registration the address's hourly limit lets through, checked in turn;
+        those in flight count, or a burst sent at once would all get through."""
+        with self.server.registration_attempt(self.ip) as wait:
+            if wait > 0:
+                return Refusal(ErrorCode.RATE_LIMITED, "too many registrations; try later", wait)
+            return self._check_in_turn(request)
 
     def _check_credentials(self, request: Login | Register) -> User:
         server, store = self.server, self.server.store

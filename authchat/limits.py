@@ -231,28 +231,61 @@ def _penalty_remembered(record: _IpRecord, now: float) -> bool:
     return record.penalties > 0 and now - record.blocked_until < HOUR_S
 
 
+class _Window:
+    __slots__ = ("events", "in_flight")
+
+    def __init__(self) -> None:
+        self.events: deque[float] = deque()
+        self.in_flight = 0
+
+
 class WindowLimit:
-    """At most `limit` events per key within `window` seconds."""
+    """At most `limit` events per key within `window` seconds.
+
+    Attempts still being made count until they end (`begin`, then `end`), as
+    LoginThrottle's guesses do: otherwise attempts sent at once would all
+    pass the check before the first one was recorded.
+    """
 
     def __init__(self, limit: int, window: float) -> None:
         self.limit = limit
         self.window = window
-        self._events: LRUTable[deque[float]] = LRUTable()
+        self._records: LRUTable[_Window] = LRUTable()
 
     def wait_for(self, key: str, now: float) -> float:
-        events = self._events.get(key)
-        if events is None:
+        record = self._records.get(key)
+        if record is None:
             return 0.0
+        events = record.events
         while events and events[0] <= now - self.window:
             events.popleft()
-        if len(events) < self.limit:
-            return 0.0
-        return events[0] + self.window - now
+        if len(events) >= self.limit:
+            return events[0] + self.window - now
+        if len(events) + record.in_flight >= self.limit:
+            return IN_FLIGHT_RETRY_S
+        return 0.0
+
+    def begin(self, key: str, now: float) -> float:
+        """`wait_for`, and when that is 0.0, count an attempt in flight until `end`."""
+        wait = self.wait_for(key, now)
+        if wait <= 0.0:
+            record = self._records.get(key) or _Window()
+            record.in_flight += 1
+            self._records.put(key, record)
+        return wait
+
+    def end(self, key: str) -> None:
+        """The attempt `begin` let through is over: `record` has counted it, or not."""
+        record = self._records.get(key)
+        if record is not None:
+            record.in_flight = max(0, record.in_flight - 1)
+            if not (record.in_flight or record.events):
+                self._records.pop(key)
 
     def record(self, key: str, now: float) -> None:
-        events = self._events.get(key) or deque()
-        events.append(now)
-        self._events.put(key, events)
+        record = self._records.get(key) or _Window()
+        record.events.append(now)
+        self._records.put(key, record)
 
 
 class ConnectionCounter:

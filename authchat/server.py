@@ -308,9 +308,19 @@ class Server:
         with self._lock:
             self._throttle.success(username)
 
-    def registration_wait(self, ip: str) -> float:
+    @contextmanager
+    def registration_attempt(self, ip: str) -> Iterator[float]:
+        """`with server.registration_attempt(ip) as wait:` as login_attempt: at
+        0.0 the registration counts against the address until the block ends,
+        by which time `registered` has recorded it if it should count."""
         with self._lock:
-            return self._registrations.wait_for(ip_key(ip), time.monotonic())
+            wait = self._registrations.begin(ip_key(ip), time.monotonic())
+        try:
+            yield wait
+        finally:
+            if wait <= 0.0:
+                with self._lock:
+                    self._registrations.end(ip_key(ip))
 
     def registered(self, ip: str) -> None:
         with self._lock:

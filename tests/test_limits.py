@@ -71,6 +71,19 @@ def test_window_limit() -> None:
     assert limit.wait_for("k", 3600.0) == 0.0
 
 
+def test_window_limit_counts_attempts_in_flight() -> None:
+    limit = WindowLimit(limit=2, window=3600.0)
+    assert [limit.begin("k", 0.0) for _ in range(3)] == [0.0, 0.0, 1.0]
+    limit.record("k", 0.0)  # one counts (an account was made)...
+    limit.end("k")
+    limit.end("k")  # ...the other does not (a refused password)
+    assert limit.begin("k", 1.0) == 0.0
+    limit.record("k", 1.0)
+    limit.end("k")
+    assert limit.wait_for("k", 1.0) == 3599.0
+    assert limit.begin("other", 1.0) == 0.0
+
+
 def test_tables_are_capped() -> None:
     table: LRUTable[int] = LRUTable(capacity=3)
     for n in range(5):

@@ -498,6 +498,28 @@ def test_registrations_per_address(servers: Any) -> None:
     assert error["code"] == "rate_limited" and error["retry_after"] > 3000
 
 
+def test_registrations_sent_at_once_get_no_more_than_the_limit(servers: Any) -> None:
+    server = servers(auth__max_concurrent_hashes=16)  # every one could be checked at once
+    clients = [Client(server.address, source_ip="127.0.0.2") for _ in range(16)]
+    for client in clients:
+        client.hello()
+    start = threading.Barrier(len(clients))
+
+    def send_registration(n: int, client: Client) -> None:
+        start.wait()
+        client.send({"type": "register", "username": f"user{n}", "password": GOOD_PASSWORD})
+
+    threads = [threading.Thread(target=send_registration, args=pair)
+               for pair in enumerate(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    outcomes = sorted(client.recv().get("code", "welcome") for client in clients)
+    assert outcomes == ["rate_limited"] * 11 + ["welcome"] * 5
+    assert len(server.store.list_users()) == 5
+
+
 def test_connection_limits(servers: Any) -> None:
     server = servers(limits__max_connections_per_ip=2, limits__max_clients=3)
     held = [Client(server.address, source_ip="127.0.0.2") for _ in range(2)]
