@@ -86,6 +86,8 @@ class LimitsConfig:
     message_burst: int = _opt(10, low=1, high=100_000)
     failed_logins_per_ip_per_minute: int = _opt(10, low=1, high=100_000)
     failed_logins_per_account: int = _opt(5, low=1, high=100_000)
+    failed_logins_per_account_per_hour: int = _opt(100, low=1, high=1_000_000)
+    remember_logins_days: float = _opt(30.0, low=0, high=3650)
     registrations_per_ip_per_hour: int = _opt(5, low=1, high=100_000)
     ping_interval_s: float = _opt(60.0, low=0.1, high=86_400)
     ping_timeout_s: float = _opt(120.0, low=0.2, high=86_400)

@@ -43,7 +43,7 @@ from .connection import LINGER_S, SEND_TIMEOUT_S, TLS_HANDSHAKE_MAX_S, Connectio
     Session
 from .errors import ConfigError, ErrorCode
 from .journal import Journal
-from .limits import ConnectionCounter, LoginThrottle, WindowLimit, ip_key
+from .limits import DAY_S, ConnectionCounter, LoginThrottle, WindowLimit, ip_key
 from .memory import release_free_memory
 from .sanitize import escape
 from .room import Room
@@ -90,8 +90,11 @@ class Server:
         self._connections: set[Connection] = set()
         self._counter = ConnectionCounter()
         self._unauthenticated = 0
-        self._throttle = LoginThrottle(config.limits.failed_logins_per_ip_per_minute,
-                                       config.limits.failed_logins_per_account)
+        limits = config.limits
+        self._throttle = LoginThrottle(limits.failed_logins_per_ip_per_minute,
+                                       limits.failed_logins_per_account,
+                                       limits.failed_logins_per_account_per_hour,
+                                       limits.remember_logins_days * DAY_S)
         self._registrations = WindowLimit(config.limits.registrations_per_ip_per_hour, 3600.0)
         slots = config.auth.max_concurrent_hashes or os.cpu_count() or 1
         self._hash_slots = threading.BoundedSemaphore(slots)
@@ -306,7 +309,7 @@ class Server:
 
     def auth_succeeded(self, ip: str, username: str) -> None:
         with self._lock:
-            self._throttle.success(username)
+            self._throttle.success(ip_key(ip), username, time.monotonic())
 
     @contextmanager
     def registration_attempt(self, ip: str) -> Iterator[float]:

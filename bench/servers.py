@@ -125,6 +125,7 @@ class Authchat(ServerUnderTest):
             "MAX_CONNECTIONS_PER_IP": 100_000, "MAX_SESSIONS_PER_USER": 1000,
             "MESSAGES_PER_SECOND": 100_000, "MESSAGE_BURST": 100_000,
             "FAILED_LOGINS_PER_IP_PER_MINUTE": 100_000, "FAILED_LOGINS_PER_ACCOUNT": 100_000,
+            "FAILED_LOGINS_PER_ACCOUNT_PER_HOUR": 1_000_000,
             "HANDSHAKE_TIMEOUT_S": 120,
         }
         env.update({f"AUTHCHAT_LIMITS_{k}": str(v) for k, v in limits.items()})

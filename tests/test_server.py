@@ -14,7 +14,7 @@ import pytest
 from authchat import __version__
 
 from conftest import GOOD_PASSWORD, Runner
-from helpers import Client, add_user, add_users, eventually, logged_in
+from helpers import Client, add_user, add_users, eventually, logged_in, login_reply
 
 OTHER_PASSWORD = "an entirely different phrase"
 
@@ -451,8 +451,34 @@ def test_failed_logins_on_one_account_are_throttled(servers: Any) -> None:
     assert outcomes == ["bad_credentials", "bad_credentials", "rate_limited"]
 
 
-def test_guesses_sent_at_once_get_no_more_than_the_free_ones(servers: Any) -> None:
-    server = servers(auth__max_concurrent_hashes=16)  # every guess could be checked at once
+def test_guesses_from_one_address_do_not_lock_the_owner_out_elsewhere(servers: Any) -> None:
+    server = servers()
+    add_user(server, "alice")
+    codes = [login_reply(server.address, "alice", OTHER_PASSWORD, "127.0.0.2")["code"]
+             for _ in range(8)]
+    assert codes == ["bad_credentials"] * 5 + ["rate_limited"] * 3  # that address waits...
+    reply = login_reply(server.address, "alice", source_ip="127.0.0.3")
+    assert reply["type"] == "welcome", reply  # ...the owner, elsewhere, does not
+
+
+def test_an_address_that_logged_in_before_gets_past_the_hourly_limit(servers: Any) -> None:
+    server = servers()
+    add_user(server, "alice")
+    logged_in(server, "alice").close()  # the owner's usual address, 127.0.0.1
+    # 100 wrong guesses, the account's hourly allowance, from 20 addresses:
+    # 5 each, so that no address is held up by its own delay
+    codes = {login_reply(server.address, "alice", OTHER_PASSWORD, f"127.0.3.{n % 20 + 1}")["code"]
+             for n in range(100)}
+    assert codes == {"bad_credentials"}
+    refused = login_reply(server.address, "alice", source_ip="127.0.4.1")
+    assert refused["code"] == "rate_limited" and 0 < refused["retry_after"] <= 36
+    reply = login_reply(server.address, "alice")
+    assert reply["type"] == "welcome", reply
+
+
+def test_guesses_sent_at_once_get_no_more_than_the_hourly_allowance(servers: Any) -> None:
+    server = servers(auth__max_concurrent_hashes=16,  # every guess could be checked at once
+                     limits__failed_logins_per_account_per_hour=5)
     add_user(server, "alice")
     clients = [Client(server.address, source_ip=f"127.0.0.{10 + n}") for n in range(16)]
     for client in clients:
