@@ -61,6 +61,8 @@ class AuthConfig:
     min_password_length: int = _opt(15, low=8, high=1024)
     # 0 means one per CPU core.
     max_concurrent_hashes: int = _opt(0, low=0, high=256)
+    # Hashes one address may have waiting or running at once.
+    max_hashes_per_ip: int = _opt(2, low=1, high=1024)
 
 
 @dataclass(frozen=True)

@@ -270,6 +270,11 @@ class Connection:
             self._linger()
             return False
         assert isinstance(event, (Login, Register))
+        if isinstance(event, Login) and self.server.sessions_full_here(self.ip, event.username):
+            # what room.enter would say after the hash: no bcrypt for it
+            self._fail(ErrorCode.TOO_MANY_SESSIONS, "too many sessions for this account",
+                       event.id)
+            return False
         user = self._authenticate(event)
         if user is not None:
             self._welcome_re = event.id
@@ -303,7 +308,7 @@ class Connection:
 
     def _check_in_turn(self, request: Login | Register) -> User | Refusal:
         """Check the credentials on an auth thread, once a hashing slot is free."""
-        with self.server.hashing(self._handshake_deadline) as got_slot:
+        with self.server.hashing(self._handshake_deadline, self.ip) as got_slot:
             if not got_slot:
                 return Refusal(ErrorCode.RATE_LIMITED, "the server is busy; try again", 1.0)
             try:
@@ -549,7 +554,7 @@ class Connection:
                                              "too many failed attempts; try later",
                                              request.id, wait))
                 return
-            with server.hashing(deadline) as got_slot:
+            with server.hashing(deadline, self.ip) as got_slot:
                 if not got_slot:
                     session.reply(protocol.error(ErrorCode.RATE_LIMITED, "the server is busy",
                                                  request.id, 1.0))

@@ -424,3 +424,45 @@ class ConnectionCounter:
             self._per_key[key] = left
         else:
             del self._per_key[key]
+
+
+class RoundRobin(Generic[V]):
+    """Items queued by key and taken a key at a time: one item of the key at
+    the front, then that key goes to the back. A key with many items waiting
+    gets one turn a round, like every other key waiting, so it cannot push
+    the others back by more than one item each."""
+
+    def __init__(self) -> None:
+        self._queues: OrderedDict[Hashable, deque[V]] = OrderedDict()
+        self._count = 0
+
+    def push(self, key: Hashable, item: V) -> None:
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()  # a new key waits a whole round
+        queue.append(item)
+        self._count += 1
+
+    def pop(self) -> V | None:
+        """The next item in turn, or None if nothing waits."""
+        if not self._queues:
+            return None
+        key, queue = next(iter(self._queues.items()))
+        item = queue.popleft()
+        if queue:
+            self._queues.move_to_end(key)
+        else:
+            del self._queues[key]
+        self._count -= 1
+        return item
+
+    def remove(self, key: Hashable, item: V) -> None:
+        """Take `item` out of its line (its waiter gave up); its key keeps its place."""
+        queue = self._queues[key]
+        queue.remove(item)
+        self._count -= 1
+        if not queue:
+            del self._queues[key]
+
+    def __len__(self) -> int:
+        return self._count

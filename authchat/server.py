@@ -17,9 +17,9 @@ Threads:
   - as many "auth" worker threads as hashing slots, where login,
     registration, password changes and moderation run bcrypt and their SQL
     (`off_thread`), each worker on its own long-lived SQLite connection.
-bcrypt is bounded by a semaphore and never runs under a lock that other
-sessions need; a connection thread waits for its worker. The server holds no
-SQL: the Store does.
+bcrypt takes turns at a few slots (slots.py), fairly between addresses, and
+never runs under a lock that other sessions need; a connection thread waits
+for its worker. The server holds no SQL: the Store does.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 from . import protocol
@@ -47,6 +47,7 @@ from .limits import DAY_S, ConnectionCounter, LoginThrottle, WindowLimit, ip_key
 from .memory import release_free_memory
 from .sanitize import escape
 from .room import Room
+from .slots import FairSlots
 from .store import Store
 from .tls import server_context
 from .transport import TLSTransport, is_loopback
@@ -97,13 +98,13 @@ class Server:
                                        limits.remember_logins_days * DAY_S)
         self._registrations = WindowLimit(config.limits.registrations_per_ip_per_hour, 3600.0)
         slots = config.auth.max_concurrent_hashes or os.cpu_count() or 1
-        self._hash_slots = threading.BoundedSemaphore(slots)
+        self._hash_slots = FairSlots(slots, slots * HASH_QUEUE_PER_SLOT,
+                                     config.auth.max_hashes_per_ip)
         # bcrypt and SQLite run deep in the C stack; a resident page of stack
         # stays resident, so they run here, on a few threads, and the
         # thousands of connection threads keep shallow stacks (see
         # docs/benchmarks.md, connections).
         self._off_thread = ThreadPoolExecutor(slots, thread_name_prefix="auth")
-        self._hash_queue = threading.BoundedSemaphore(slots * (1 + HASH_QUEUE_PER_SLOT))
         self._refusals = threading.BoundedSemaphore(REFUSAL_THREADS)
 
     # -- lifecycle --------------------------------------------------------
@@ -339,8 +340,25 @@ class Server:
         """
         return self._off_thread.submit(work, *args).result()
 
-    def hashing(self, deadline: float) -> _HashSlot:
-        return _HashSlot(self._hash_slots, self._hash_queue, deadline)
+    def hashing(self, deadline: float, ip: str) -> AbstractContextManager[bool]:
+        """`with server.hashing(deadline, ip) as ok:` a turn at bcrypt for the
+        address, or False at once (it has its share waiting, or the line is
+        full) or at the deadline."""
+        return self._hash_slots.turn(ip_key(ip), deadline)
+
+    def sessions_full_here(self, ip: str, username: str) -> bool:
+        """Whether the account has its maximum of sessions, one of them from
+        this address: a login from there would be refused after its hash.
+
+        Said to that address alone, which already knows the account is in
+        use; anyone else learns only after the password is checked, so it
+        tells no stranger that the account exists.
+        """
+        sessions = self.room.sessions_of(username)
+        if len(sessions) < self.room.max_sessions_per_user:
+            return False
+        key = ip_key(ip)
+        return any(isinstance(s, Session) and ip_key(s.connection.ip) == key for s in sessions)
 
     def connection_count(self) -> int:
         with self._lock:
@@ -406,31 +424,6 @@ class Server:
             assert isinstance(member, Session)
             if member.close_by is not None and now > member.close_by:
                 member.connection.transport_shutdown()
-
-
-class _HashSlot:
-    """A bounded place in line for bcrypt: `with server.hashing(deadline) as ok:`."""
-
-    def __init__(self, slots: threading.BoundedSemaphore, queue: threading.BoundedSemaphore,
-                 deadline: float) -> None:
-        self._slots = slots
-        self._queue = queue
-        self._deadline = deadline
-        self._held = False
-        self._queued = False
-
-    def __enter__(self) -> bool:
-        self._queued = self._queue.acquire(blocking=False)
-        if self._queued:
-            wait = self._deadline - time.monotonic()
-            self._held = wait > 0 and self._slots.acquire(timeout=wait)
-        return self._held
-
-    def __exit__(self, *exc: object) -> None:
-        if self._held:
-            self._slots.release()
-        if self._queued:
-            self._queue.release()
 
 
 def _family(host: str) -> socket.AddressFamily:

@@ -131,6 +131,7 @@ class Authchat(ServerUnderTest):
         env.update({f"AUTHCHAT_LIMITS_{k}": str(v) for k, v in limits.items()})
         env.update(AUTHCHAT_HOME=str(self.dir), AUTHCHAT_LOGGING_LEVEL="WARNING",
                    AUTHCHAT_AUTH_BCRYPT_COST=str(self.bcrypt_cost),
+                   AUTHCHAT_AUTH_MAX_HASHES_PER_IP="1024",  # every client is 127.0.0.1
                    AUTHCHAT_HISTORY_ENABLED="true" if self.history else "false")
         return env
 

@@ -9,6 +9,7 @@ from authchat.limits import (
     KnownLogins,
     LoginThrottle,
     LRUTable,
+    RoundRobin,
     TokenBucket,
     WindowLimit,
     ip_key,
@@ -137,6 +138,17 @@ def test_window_limit_counts_attempts_in_flight() -> None:
     limit.end("k")
     assert limit.wait_for("k", 1.0) == 3599.0
     assert limit.begin("other", 1.0) == 0.0
+
+
+def test_round_robin_gives_each_key_one_turn_a_round() -> None:
+    line: RoundRobin[str] = RoundRobin()
+    for key, item in [("hog", "h1"), ("hog", "h2"), ("hog", "h3"), ("b", "b1"), ("c", "c1"),
+                      ("b", "b2")]:
+        line.push(key, item)
+    line.remove("hog", "h2")  # a waiter that gave up
+    assert len(line) == 5
+    assert [line.pop() for _ in range(6)] == ["h1", "b1", "c1", "h3", "b2", None]
+    assert len(line) == 0
 
 
 def test_tables_are_capped() -> None:

@@ -318,6 +318,54 @@ def test_sessions_per_account_limit(servers: Any) -> None:
     held[0].expect("pong")
 
 
+def test_a_login_past_the_session_limit_is_refused_before_its_hash(servers: Any) -> None:
+    server = servers(limits__max_sessions_per_user=2)
+    add_user(server, "alice")
+    held = [logged_in(server, "alice", source_ip="127.0.0.2") for _ in range(2)]
+    # Refused before the password is checked, so a wrong one gets it too; but
+    # only where those sessions are, which knows the account is in use...
+    here = login_reply(server.address, "alice", OTHER_PASSWORD, "127.0.0.2")
+    assert here["code"] == "too_many_sessions"
+    # ...while anyone elsewhere learns nothing without the password.
+    elsewhere = login_reply(server.address, "alice", OTHER_PASSWORD, "127.0.0.3")
+    assert elsewhere["code"] == "bad_credentials"
+    right = login_reply(server.address, "alice", source_ip="127.0.0.3")
+    assert right["code"] == "too_many_sessions"  # room.enter's own check, after the hash
+    held[0].send({"type": "ping", "id": 1})
+    held[0].expect("pong", re=1)
+
+
+def test_logins_looping_from_one_address_do_not_crowd_out_another(servers: Any) -> None:
+    # One hash at a time, and slow enough (cost 8) that the line is where time goes.
+    server = servers(auth__max_concurrent_hashes=1, auth__bcrypt_cost=8,
+                     limits__max_sessions_per_user=100, limits__max_connections_per_ip=100)
+    add_user(server, "alice")
+    add_user(server, "bob")
+    stop = threading.Event()
+    hog_codes: list[str] = []
+
+    def hog() -> None:
+        while not stop.is_set():
+            reply = login_reply(server.address, "alice", source_ip="127.0.0.2")
+            hog_codes.append(reply.get("code", "welcome"))
+
+    hogs = [threading.Thread(target=hog) for _ in range(12)]
+    for thread in hogs:
+        thread.start()
+    try:
+        # the hog has its share of the line, and is told so for the rest
+        assert eventually(lambda: "rate_limited" in hog_codes)
+        replies = [login_reply(server.address, "bob", source_ip="127.0.0.3")
+                   for _ in range(5)]
+        served_meanwhile = hog_codes.count("welcome")
+    finally:
+        stop.set()
+        for thread in hogs:
+            thread.join(30)
+    assert [reply["type"] for reply in replies] == ["welcome"] * 5
+    assert served_meanwhile > 0 and set(hog_codes) == {"welcome", "rate_limited"}
+
+
 def test_passwd(servers: Any) -> None:
     server = servers()
     add_user(server, "alice")
@@ -525,7 +573,8 @@ def test_registrations_per_address(servers: Any) -> None:
 
 
 def test_registrations_sent_at_once_get_no_more_than_the_limit(servers: Any) -> None:
-    server = servers(auth__max_concurrent_hashes=16)  # every one could be checked at once
+    # every one could be checked at once
+    server = servers(auth__max_concurrent_hashes=16, auth__max_hashes_per_ip=16)
     clients = [Client(server.address, source_ip="127.0.0.2") for _ in range(16)]
     for client in clients:
         client.hello()
