@@ -136,6 +136,12 @@ class Connection:
         self.protocol = ServerProtocol(limits.max_frame_bytes, limits.max_text_length)
         self.reader_done = threading.Event()
         self._welcome_re: protocol.RequestId = None
+        # Set under the server's lock: evicted to make room before login; or
+        # not to be, since its login is being checked.
+        self.evicted = False
+        self.checking = False
+        self._wake_lock = threading.Lock()  # a wake-up never reaches a closed socket
+        self._closed = False
 
     # -- lifecycle: setup, handle, finish ----------------------------------------
 
@@ -178,6 +184,8 @@ class Connection:
         session = self.session
         if session is not None:
             log.info("%s left (%s)", escape(session.username), session.end_reason)
+        with self._wake_lock:
+            self._closed = True
         if self.transport is not None:
             self.transport.close()
         else:
@@ -203,6 +211,18 @@ class Connection:
                              "server_shutdown")
         elif self.transport is not None:
             self.transport.wake_reader()  # the reader sends the error itself
+
+    def evict(self) -> None:
+        """Called from the accept loop: end this connection, not logged in yet,
+        to make room. Only its own thread writes to it (SECURITY.md C4), so it
+        is only woken here, and it sends too_many_connections itself."""
+        self.evicted = True
+        with self._wake_lock:
+            if not self._closed:  # else its descriptor may be someone else's now
+                try:
+                    self.sock.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
 
     def transport_shutdown(self) -> None:
         if self.transport is not None:
@@ -244,6 +264,9 @@ class Connection:
                 self._fail(ErrorCode.HANDSHAKE_TIMEOUT, "log in within "
                            f"{cfg.limits.handshake_timeout_s:g} seconds")
                 return None
+            if self.evicted:
+                self._fail_evicted()
+                return None
             if self.server.stopping.is_set():
                 self._fail(ErrorCode.SERVER_SHUTDOWN, "the server is shutting down")
                 return None
@@ -275,15 +298,22 @@ class Connection:
             self._fail(ErrorCode.TOO_MANY_SESSIONS, "too many sessions for this account",
                        event.id)
             return False
+        if not self.server.start_checking(self):
+            self._fail_evicted()
+            return False
         user = self._authenticate(event)
-        if user is not None:
+        if user is not None:  # not evicted from here until it is in the room
             self._welcome_re = event.id
             return user
+        self.server.stop_checking(self)
         if self.protocol.auth_failed():
             log.info("closing %s after %d failed logins", self.ip, protocol.MAX_AUTH_FAILURES)
             self._linger()
             return False
         return None
+
+    def _fail_evicted(self) -> None:
+        self._fail(ErrorCode.TOO_MANY_CONNECTIONS, "the server is full; try again")
 
     def _authenticate(self, request: Login | Register) -> User | None:
         """Log in or register; on failure the client has its error and None comes back."""
@@ -370,7 +400,7 @@ class Connection:
             self._given(waiting)
         self.protocol.authenticated()
         self.authenticated = True
-        self.server.mark_authenticated()
+        self.server.mark_authenticated(self)
         if not admitted:
             self._fail(ErrorCode.TOO_MANY_SESSIONS, "too many sessions for this account")
             return

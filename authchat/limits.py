@@ -69,6 +69,8 @@ class LRUTable(Generic[V]):
 class TokenBucket:
     """`rate` tokens a second, holding at most `burst`."""
 
+    __slots__ = ("rate", "burst", "_tokens", "_last")
+
     def __init__(self, rate: float, burst: int, now: float) -> None:
         self.rate = rate
         self.burst = burst
@@ -83,6 +85,23 @@ class TokenBucket:
             self._tokens -= 1
             return 0.0
         return (1 - self._tokens) / self.rate
+
+
+class KeyedRate:
+    """Events per key: `per_minute` at once, then one every 60 / per_minute
+    seconds (a token bucket for each key)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._buckets: LRUTable[TokenBucket] = LRUTable()
+
+    def take(self, key: str, now: float) -> float:
+        """Count an event: 0.0 if it may happen now, else the seconds until one may."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = TokenBucket(self.per_minute / WINDOW_S, self.per_minute, now)
+            self._buckets.put(key, bucket)
+        return bucket.take(now)
 
 
 class _IpRecord:

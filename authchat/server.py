@@ -5,7 +5,9 @@ Methods for the caller: `Server(config, store)`, `start()`, `address`,
 
 Threads:
   - the accept loop, which only counts and admits: TLS handshakes and any
-    other slow work happen in the connection's own thread;
+    other slow work happen in the connection's own thread. When the pool of
+    connections not logged in yet is full it makes room by waking the
+    oldest, whose own thread then says why and closes it;
   - one thread per connection (connection.py), reading: it runs the TLS
     handshake, the login/register handshake under one absolute deadline,
     then the chat loop;
@@ -43,7 +45,7 @@ from .connection import LINGER_S, SEND_TIMEOUT_S, TLS_HANDSHAKE_MAX_S, Connectio
     Session
 from .errors import ConfigError, ErrorCode
 from .journal import Journal
-from .limits import DAY_S, ConnectionCounter, LoginThrottle, WindowLimit, ip_key
+from .limits import DAY_S, ConnectionCounter, KeyedRate, LoginThrottle, WindowLimit, ip_key
 from .memory import release_free_memory
 from .sanitize import escape
 from .room import Room
@@ -90,7 +92,11 @@ class Server:
         self._lock = threading.Lock()  # guards the counters, throttles and _connections
         self._connections: set[Connection] = set()
         self._counter = ConnectionCounter()
-        self._unauthenticated = 0
+        # Connections not logged in yet, oldest first (dicts keep insertion
+        # order), and how many there are from each address.
+        self._pre_login: dict[Connection, None] = {}
+        self._pre_login_counter = ConnectionCounter()
+        self._connect_rate = KeyedRate(config.limits.connections_per_ip_per_minute)
         limits = config.limits
         self._throttle = LoginThrottle(limits.failed_logins_per_ip_per_minute,
                                        limits.failed_logins_per_account,
@@ -214,12 +220,12 @@ class Server:
             time.sleep(ACCEPT_BACKOFF_S)
             return
         ip = address[0]
-        refusal = self._admit(ip)
+        conn = Connection(self, sock, ip)
+        refusal = self._admit(conn)
         if refusal is not None:
             log.info("refused connection from %s: %s", ip, refusal.code)
             self._refuse(sock, refusal)
             return
-        conn = Connection(self, sock, ip)
         try:
             self.spawn(conn.run, f"conn-{ip}-{address[1]}")
         except RuntimeError as e:  # can't start new thread
@@ -227,21 +233,60 @@ class Server:
             self.release(conn)
             sock.close()
 
-    def _admit(self, ip: str) -> Refusal | None:
-        limits = self.config.limits
-        key = ip_key(ip)
+    def _admit(self, conn: Connection) -> Refusal | None:
+        """Count a new connection in, or say why not. A full pre-login pool
+        makes room by evicting its oldest member instead of refusing: idle
+        connections from a few addresses must not keep everyone else out."""
+        key = ip_key(conn.ip)
         with self._lock:
-            wait = self._throttle.wait_for(key, None, time.monotonic())
-            if wait > 0:
-                return Refusal(ErrorCode.RATE_LIMITED, "too many failed logins; try later", wait)
-            if self._counter.total >= limits.max_clients \
-                    or self._unauthenticated >= limits.max_unauthenticated:
-                return Refusal(ErrorCode.TOO_MANY_CONNECTIONS, "the server is full")
-            if self._counter.count(key) >= limits.max_connections_per_ip:
-                return Refusal(ErrorCode.TOO_MANY_CONNECTIONS, "too many connections from your address")
+            refusal = self._refusal(key, time.monotonic())
+            if refusal is None and \
+                    self._pre_login_counter.total >= self.config.limits.max_unauthenticated:
+                refusal = self._evict_oldest_pre_login()
+            if refusal is not None:
+                return refusal
             self._counter.add(key)
-            self._unauthenticated += 1
+            self._pre_login_counter.add(key)
+            self._pre_login[conn] = None
         return None
+
+    def _refusal(self, key: str, now: float) -> Refusal | None:
+        """Why a new connection from `key` may not come in; with the lock held.
+        Every attempt counts against the address's connection rate."""
+        limits = self.config.limits
+        wait = self._throttle.wait_for(key, None, now)
+        if wait > 0:
+            return Refusal(ErrorCode.RATE_LIMITED, "too many failed logins; try later", wait)
+        wait = self._connect_rate.take(key, now)
+        if wait > 0:
+            return Refusal(ErrorCode.RATE_LIMITED, "too many new connections; try later", wait)
+        if self._counter.total >= limits.max_clients:
+            return Refusal(ErrorCode.TOO_MANY_CONNECTIONS, "the server is full")
+        if self._counter.count(key) >= limits.max_connections_per_ip:
+            return Refusal(ErrorCode.TOO_MANY_CONNECTIONS, "too many connections from your address")
+        if self._pre_login_counter.count(key) >= limits.max_unauthenticated_per_ip:
+            return Refusal(ErrorCode.TOO_MANY_CONNECTIONS,
+                           "too many connections from your address not logged in yet")
+        return None
+
+    def _evict_oldest_pre_login(self) -> Refusal | None:
+        """Make room in the pre-login pool; with the lock held. A connection
+        whose login is being checked is passed over: it is about to leave the
+        pool anyway, and evicting it would waste its hash."""
+        for conn in self._pre_login:
+            if not conn.checking:
+                log.info("evicting a connection from %s that has not logged in, to make room",
+                         conn.ip)
+                self._leave_pre_login(conn)
+                conn.evict()
+                return None
+        return Refusal(ErrorCode.TOO_MANY_CONNECTIONS, "the server is full")
+
+    def _leave_pre_login(self, conn: Connection) -> None:
+        """Take `conn` out of the pre-login pool if it is there; with the lock held."""
+        if conn in self._pre_login:
+            del self._pre_login[conn]
+            self._pre_login_counter.remove(ip_key(conn.ip))
 
     def _refuse(self, sock: socket.socket, refusal: Refusal) -> None:
         frame = protocol.encode(protocol.error(refusal.code, refusal.message,
@@ -279,16 +324,27 @@ class Server:
         with self._lock:
             self._connections.add(conn)
 
-    def mark_authenticated(self) -> None:
+    def start_checking(self, conn: Connection) -> bool:
+        """`conn`'s login or registration is about to be checked: until it
+        fails (`stop_checking`) or logs in, it is not evicted. False if it
+        has been already."""
         with self._lock:
-            self._unauthenticated -= 1
+            conn.checking = not conn.evicted
+            return conn.checking
+
+    def stop_checking(self, conn: Connection) -> None:
+        with self._lock:
+            conn.checking = False
+
+    def mark_authenticated(self, conn: Connection) -> None:
+        with self._lock:
+            self._leave_pre_login(conn)
 
     def release(self, conn: Connection) -> None:
         with self._lock:
             self._connections.discard(conn)
             self._counter.remove(ip_key(conn.ip))
-            if not conn.authenticated:
-                self._unauthenticated -= 1
+            self._leave_pre_login(conn)
 
     @contextmanager
     def login_attempt(self, ip: str, username: str) -> Iterator[float]:

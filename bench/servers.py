@@ -122,6 +122,7 @@ class Authchat(ServerUnderTest):
         env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHCHAT_")}
         limits = {  # the suite measures speed, not the abuse limits: raise them all
             "MAX_CLIENTS": 100_000, "MAX_UNAUTHENTICATED": 100_000,
+            "MAX_UNAUTHENTICATED_PER_IP": 100_000, "CONNECTIONS_PER_IP_PER_MINUTE": 1_000_000,
             "MAX_CONNECTIONS_PER_IP": 100_000, "MAX_SESSIONS_PER_USER": 1000,
             "MESSAGES_PER_SECOND": 100_000, "MESSAGE_BURST": 100_000,
             "FAILED_LOGINS_PER_IP_PER_MINUTE": 100_000, "FAILED_LOGINS_PER_ACCOUNT": 100_000,

@@ -6,6 +6,7 @@ import pytest
 
 from authchat.limits import (
     ConnectionCounter,
+    KeyedRate,
     KnownLogins,
     LoginThrottle,
     LRUTable,
@@ -149,6 +150,15 @@ def test_round_robin_gives_each_key_one_turn_a_round() -> None:
     assert len(line) == 5
     assert [line.pop() for _ in range(6)] == ["h1", "b1", "c1", "h3", "b2", None]
     assert len(line) == 0
+
+
+def test_new_connections_come_in_a_burst_then_at_a_rate_per_key() -> None:
+    rate = KeyedRate(per_minute=30)
+    assert [rate.take("a", 0.0) for _ in range(30)] == [0.0] * 30
+    assert rate.take("a", 0.0) == 2.0  # one every 60/30 s
+    assert rate.take("b", 0.0) == 0.0
+    assert rate.take("a", 2.0) == 0.0
+    assert rate.take("a", 2.0) == 2.0
 
 
 def test_tables_are_capped() -> None:

@@ -62,7 +62,8 @@ def test_unknown_user_costs_the_same_bcrypt_as_a_wrong_password(servers: Any) ->
     # would make their replies many times faster; attempts are interleaved so
     # machine noise hits both sides alike.
     server = servers(auth__bcrypt_cost=8, limits__failed_logins_per_account=1000,
-                     limits__failed_logins_per_ip_per_minute=1000)
+                     limits__failed_logins_per_ip_per_minute=1000,
+                     limits__connections_per_ip_per_minute=1000)
     add_user(server, "alice")
     timings: dict[str, list[float]] = {"alice": [], "nobody": []}
     for _ in range(15):
@@ -336,9 +337,12 @@ def test_a_login_past_the_session_limit_is_refused_before_its_hash(servers: Any)
 
 
 def test_logins_looping_from_one_address_do_not_crowd_out_another(servers: Any) -> None:
-    # One hash at a time, and slow enough (cost 8) that the line is where time goes.
+    # One hash at a time, and slow enough (cost 8) that the line is where time
+    # goes; the hog's connections are not limited here, only its hashes.
     server = servers(auth__max_concurrent_hashes=1, auth__bcrypt_cost=8,
-                     limits__max_sessions_per_user=100, limits__max_connections_per_ip=100)
+                     limits__max_sessions_per_user=100, limits__max_connections_per_ip=100,
+                     limits__max_unauthenticated_per_ip=100,
+                     limits__connections_per_ip_per_minute=1_000_000)
     add_user(server, "alice")
     add_user(server, "bob")
     stop = threading.Event()
@@ -574,7 +578,8 @@ def test_registrations_per_address(servers: Any) -> None:
 
 def test_registrations_sent_at_once_get_no_more_than_the_limit(servers: Any) -> None:
     # every one could be checked at once
-    server = servers(auth__max_concurrent_hashes=16, auth__max_hashes_per_ip=16)
+    server = servers(auth__max_concurrent_hashes=16, auth__max_hashes_per_ip=16,
+                     limits__max_unauthenticated_per_ip=16)
     clients = [Client(server.address, source_ip="127.0.0.2") for _ in range(16)]
     for client in clients:
         client.hello()
@@ -607,6 +612,53 @@ def test_connection_limits(servers: Any) -> None:
     held[0].close()
     assert eventually(lambda: server.connection_count() == 2)  # noticed in its own thread
     Client(server.address, source_ip="127.0.0.4").hello()
+
+
+def test_a_full_pre_login_pool_makes_room_by_closing_its_oldest(servers: Any) -> None:
+    server = servers()  # 64 connections not logged in, 4 from each address
+    add_user(server, "alice")
+    idle = []
+    for n in range(16):
+        for _ in range(4):
+            client = Client(server.address, source_ip=f"127.0.5.{n + 1}")
+            client.hello()
+            idle.append(client)
+    alice = logged_in(server, "alice", source_ip="127.0.6.1")  # comes in, and logs in
+    idle[0].expect_error("too_many_connections", message="the server is full; try again")
+    idle[0].expect_closed()
+    idle[1].send({"type": "ping", "id": 1})  # only the oldest made room
+    idle[1].expect("pong", re=1)
+    alice.send({"type": "ping", "id": 2})
+    alice.expect("pong", re=2)
+
+
+def test_an_address_may_have_four_connections_not_logged_in(servers: Any) -> None:
+    server = servers()
+    add_user(server, "alice")
+    waiting = [Client(server.address, source_ip="127.0.0.2") for _ in range(4)]
+    for client in waiting:
+        client.hello()
+    fifth = Client(server.address, source_ip="127.0.0.2")
+    fifth.expect_error("too_many_connections")
+    fifth.expect_closed()
+    Client(server.address, source_ip="127.0.0.3").hello()  # another address is not held up
+    waiting[0].send({"type": "login", "username": "alice", "password": GOOD_PASSWORD})
+    waiting[0].expect("welcome")  # logged in: it no longer counts
+    Client(server.address, source_ip="127.0.0.2").hello()
+
+
+def test_new_connections_from_one_address_are_rate_limited(servers: Any) -> None:
+    server = servers()  # 30 at once, then one every 2 s
+    for _ in range(30):
+        client = Client(server.address, source_ip="127.0.0.2")
+        client.hello()
+        client.close()
+        assert eventually(lambda: server.connection_count() == 0)  # none is held open
+    refused = Client(server.address, source_ip="127.0.0.2")
+    error = refused.expect_error("rate_limited")
+    assert 0 < error["retry_after"] <= 2
+    refused.expect_closed()
+    Client(server.address, source_ip="127.0.0.3").hello()  # another address is not held up
 
 
 # -- admin moderation and live revocation ----------------------------------------------
@@ -710,6 +762,7 @@ def test_a_rehash_at_a_new_cost_is_not_a_password_change(tmp_path: Path, servers
 def test_every_receiver_sees_the_same_order(servers: Any) -> None:
     clients_n, messages_n = 50, 20
     server = servers(limits__max_connections_per_ip=100, limits__max_unauthenticated=100,
+                     limits__connections_per_ip_per_minute=1000,
                      limits__messages_per_second=1000.0, limits__message_burst=1000)
     names = [f"user{i}" for i in range(clients_n)]
     for name in names:
