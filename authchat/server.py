@@ -96,13 +96,13 @@ class Server:
         # order), and how many there are from each address.
         self._pre_login: dict[Connection, None] = {}
         self._pre_login_counter = ConnectionCounter()
-        self._connect_rate = KeyedRate(config.limits.connections_per_ip_per_minute)
         limits = config.limits
+        self._connect_rate = KeyedRate(limits.connections_per_ip_per_minute)
         self._throttle = LoginThrottle(limits.failed_logins_per_ip_per_minute,
                                        limits.failed_logins_per_account,
                                        limits.failed_logins_per_account_per_hour,
                                        limits.remember_logins_days * DAY_S)
-        self._registrations = WindowLimit(config.limits.registrations_per_ip_per_hour, 3600.0)
+        self._registrations = WindowLimit(limits.registrations_per_ip_per_hour, 3600.0)
         slots = config.auth.max_concurrent_hashes or os.cpu_count() or 1
         self._hash_slots = FairSlots(slots, slots * HASH_QUEUE_PER_SLOT,
                                      config.auth.max_hashes_per_ip)
