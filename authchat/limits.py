@@ -1,4 +1,5 @@
-"""Abuse limits as plain objects: token buckets, login throttles, counters.
+"""Abuse limits as plain objects: token buckets, login throttles, counters,
+and the round-robin line that hands out bcrypt's turns.
 
 Every method takes the current time (`now`, seconds from a monotonic clock)
 instead of reading a clock, so each rule can be tested without waiting. None
