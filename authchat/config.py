@@ -61,6 +61,8 @@ class AuthConfig:
     min_password_length: int = _opt(15, low=8, high=1024)
     # 0 means one per CPU core.
     max_concurrent_hashes: int = _opt(0, low=0, high=256)
+    # Hashes one address may have waiting or running at once.
+    max_hashes_per_ip: int = _opt(2, low=1, high=1024)
 
 
 @dataclass(frozen=True)
@@ -79,13 +81,17 @@ class LimitsConfig:
     handshake_timeout_s: float = _opt(10.0, low=0.1, high=600)
     max_clients: int = _opt(256, low=1, high=100_000)
     max_unauthenticated: int = _opt(64, low=1, high=100_000)
+    max_unauthenticated_per_ip: int = _opt(4, low=1, high=100_000)
     max_connections_per_ip: int = _opt(16, low=1, high=100_000)
+    connections_per_ip_per_minute: int = _opt(30, low=1, high=1_000_000)
     max_sessions_per_user: int = _opt(5, low=1, high=1000)
     outbound_queue_bytes: int = _opt(1 * MIB, low=16 * KIB, high=1024 * MIB)
     messages_per_second: float = _opt(5.0, low=0.01, high=100_000)
     message_burst: int = _opt(10, low=1, high=100_000)
     failed_logins_per_ip_per_minute: int = _opt(10, low=1, high=100_000)
     failed_logins_per_account: int = _opt(5, low=1, high=100_000)
+    failed_logins_per_account_per_hour: int = _opt(100, low=1, high=1_000_000)
+    remember_logins_days: float = _opt(30.0, low=0, high=3650)
     registrations_per_ip_per_hour: int = _opt(5, low=1, high=100_000)
     ping_interval_s: float = _opt(60.0, low=0.1, high=86_400)
     ping_timeout_s: float = _opt(120.0, low=0.2, high=86_400)

@@ -170,6 +170,12 @@ class Connection:
         self.protocol = ServerProtocol(limits.max_frame_bytes, limits.max_text_length)
         self.reader_done = threading.Event()
         self._welcome_re: protocol.RequestId = None
+        # Set under the server's lock: evicted to make room before login; or
+        # not to be, since its login is being checked.
+        self.evicted = False
+        self.checking = False
+        self._wake_lock = threading.Lock()  # a wake-up never reaches a closed socket
+        self._closed = False
 
     # -- lifecycle: setup, handle, finish ----------------------------------------
 
@@ -212,6 +218,8 @@ class Connection:
         session = self.session
         if session is not None:
             log.info("%s left (%s)", escape(session.username), session.end_reason)
+        with self._wake_lock:
+            self._closed = True
         if self.transport is not None:
             self.transport.close()
         else:
@@ -237,6 +245,18 @@ class Connection:
                              "server_shutdown")
         elif self.transport is not None:
             self.transport.wake_reader()  # the reader sends the error itself
+
+    def evict(self) -> None:
+        """Called from the accept loop: end this connection, not logged in yet,
+        to make room. Only its own thread writes to it (SECURITY.md C4), so it
+        is only woken here, and it sends too_many_connections itself."""
+        self.evicted = True
+        with self._wake_lock:
+            if not self._closed:  # else its descriptor may be someone else's now
+                try:
+                    self.sock.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
 
     def transport_shutdown(self) -> None:
         if self.transport is not None:
@@ -278,6 +298,9 @@ class Connection:
                 self._fail(ErrorCode.HANDSHAKE_TIMEOUT, "log in within "
                            f"{cfg.limits.handshake_timeout_s:g} seconds")
                 return None
+            if self.evicted:
+                self._fail_evicted()
+                return None
             if self.server.stopping.is_set():
                 self._fail(ErrorCode.SERVER_SHUTDOWN, "the server is shutting down")
                 return None
@@ -304,15 +327,27 @@ class Connection:
             self._linger()
             return False
         assert isinstance(event, (Login, Register))
+        if isinstance(event, Login) and self.server.sessions_full_here(self.ip, event.username):
+            # what room.enter would say after the hash: no bcrypt for it
+            self._fail(ErrorCode.TOO_MANY_SESSIONS, "too many sessions for this account",
+                       event.id)
+            return False
+        if not self.server.start_checking(self):
+            self._fail_evicted()
+            return False
         user = self._authenticate(event)
-        if user is not None:
+        if user is not None:  # not evicted from here until it is in the room
             self._welcome_re = event.id
             return user
+        self.server.stop_checking(self)
         if self.protocol.auth_failed():
             log.info("closing %s after %d failed logins", self.ip, protocol.MAX_AUTH_FAILURES)
             self._linger()
             return False
         return None
+
+    def _fail_evicted(self) -> None:
+        self._fail(ErrorCode.TOO_MANY_CONNECTIONS, "the server is full; try again")
 
     def _authenticate(self, request: Login | Register) -> User | None:
         """Log in or register; on failure the client has its error and None comes back."""
@@ -329,7 +364,7 @@ class Connection:
     def _attempt(self, request: Login | Register) -> User | Refusal:
         """A registration, or a login the throttle lets through, checked in turn."""
         if isinstance(request, Register):
-            return self._registration_refusal(request) or self._check_in_turn(request)
+            return self._registration_refusal(request) or self._register_in_turn(request)
         with self.server.login_attempt(self.ip, request.username) as wait:
             if wait > 0:
                 return Refusal(ErrorCode.RATE_LIMITED, "too many failed logins; try later", wait)
@@ -337,7 +372,7 @@ class Connection:
 
     def _check_in_turn(self, request: Login | Register) -> User | Refusal:
         """Check the credentials on an auth thread, once a hashing slot is free."""
-        with self.server.hashing(self._handshake_deadline) as got_slot:
+        with self.server.hashing(self._handshake_deadline, self.ip) as got_slot:
             if not got_slot:
                 return Refusal(ErrorCode.RATE_LIMITED, "the server is busy; try again", 1.0)
             try:
@@ -349,16 +384,21 @@ class Connection:
                 return Refusal(ErrorCode.SERVER_ERROR, INTERNAL_ERROR)
 
     def _registration_refusal(self, request: Register) -> Refusal | None:
-        """The refusals of a registration that need no password hash."""
+        """The refusals of a registration that the mode alone decides."""
         mode = self.server.config.server.registration
         if mode == "closed" or (mode == "invite" and request.invite is None):
             return Refusal(ErrorCode.REGISTRATION_CLOSED,
                            "registration needs an invite" if mode == "invite"
                            else "registration is closed")
-        wait = self.server.registration_wait(self.ip)
-        if wait > 0:
-            return Refusal(ErrorCode.RATE_LIMITED, "too many registrations; try later", wait)
         return None
+
+    def _register_in_turn(self, request: Register) -> User | Refusal:
+        """A registration the address's hourly limit lets through, checked in turn;
+        those in flight count, or a burst sent at once would all get through."""
+        with self.server.registration_attempt(self.ip) as wait:
+            if wait > 0:
+                return Refusal(ErrorCode.RATE_LIMITED, "too many registrations; try later", wait)
+            return self._check_in_turn(request)
 
     def _check_credentials(self, request: Login | Register) -> User:
         server, store = self.server, self.server.store
@@ -395,7 +435,7 @@ class Connection:
             self._given(waiting)
         self.protocol.authenticated()
         self.authenticated = True
-        self.server.mark_authenticated()
+        self.server.mark_authenticated(self)
         if not admitted:
             self._fail(ErrorCode.TOO_MANY_SESSIONS, "too many sessions for this account")
             return
@@ -601,7 +641,7 @@ class Connection:
                                              "too many failed attempts; try later",
                                              request.id, wait))
                 return
-            with server.hashing(deadline) as got_slot:
+            with server.hashing(deadline, self.ip) as got_slot:
                 if not got_slot:
                     session.reply(protocol.error(ErrorCode.RATE_LIMITED, "the server is busy",
                                                  request.id, 1.0))

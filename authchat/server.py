@@ -5,7 +5,9 @@ Methods for the caller: `Server(config, store)`, `start()`, `address`,
 
 Threads:
   - the accept loop, which only counts and admits: TLS handshakes and any
-    other slow work happen in the connection's own thread;
+    other slow work happen in the connection's own thread. When the pool of
+    connections not logged in yet is full it makes room by waking the
+    oldest, whose own thread then says why and closes it;
   - one thread per connection (connection.py), reading: it runs the TLS
     handshake, the login/register handshake under one absolute deadline,
     then the chat loop;
@@ -17,9 +19,9 @@ Threads:
   - as many "auth" worker threads as hashing slots, where login,
     registration, password changes and moderation run bcrypt and their SQL
     (`off_thread`), each worker on its own long-lived SQLite connection.
-bcrypt is bounded by a semaphore and never runs under a lock that other
-sessions need; a connection thread waits for its worker. The server holds no
-SQL: the Store does.
+bcrypt takes turns at a few slots (slots.py), fairly between addresses, and
+never runs under a lock that other sessions need; a connection thread waits
+for its worker. The server holds no SQL: the Store does.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 from . import protocol
@@ -43,9 +45,10 @@ from .connection import LINGER_S, SEND_TIMEOUT_S, TLS_HANDSHAKE_MAX_S, Connectio
     Session
 from .errors import ConfigError, ErrorCode
 from .journal import Journal
-from .limits import ConnectionCounter, LoginThrottle, WindowLimit, ip_key
+from .limits import DAY_S, ConnectionCounter, KeyedRate, LoginThrottle, WindowLimit, ip_key
 from .memory import release_free_memory
 from .room import Room
+from .slots import FairSlots
 from .store import Store
 from .tls import server_context
 from .transport import TLSTransport, is_loopback
@@ -87,18 +90,25 @@ class Server:
         self._lock = threading.Lock()  # guards the counters, throttles and _connections
         self._connections: set[Connection] = set()
         self._counter = ConnectionCounter()
-        self._unauthenticated = 0
-        self._throttle = LoginThrottle(config.limits.failed_logins_per_ip_per_minute,
-                                       config.limits.failed_logins_per_account)
-        self._registrations = WindowLimit(config.limits.registrations_per_ip_per_hour, 3600.0)
+        # Connections not logged in yet, oldest first (dicts keep insertion
+        # order), and how many there are from each address.
+        self._pre_login: dict[Connection, None] = {}
+        self._pre_login_counter = ConnectionCounter()
+        limits = config.limits
+        self._connect_rate = KeyedRate(limits.connections_per_ip_per_minute)
+        self._throttle = LoginThrottle(limits.failed_logins_per_ip_per_minute,
+                                       limits.failed_logins_per_account,
+                                       limits.failed_logins_per_account_per_hour,
+                                       limits.remember_logins_days * DAY_S)
+        self._registrations = WindowLimit(limits.registrations_per_ip_per_hour, 3600.0)
         slots = config.auth.max_concurrent_hashes or os.cpu_count() or 1
-        self._hash_slots = threading.BoundedSemaphore(slots)
+        self._hash_slots = FairSlots(slots, slots * HASH_QUEUE_PER_SLOT,
+                                     config.auth.max_hashes_per_ip)
         # bcrypt and SQLite run deep in the C stack; a resident page of stack
         # stays resident, so they run here, on a few threads, and the
         # thousands of connection threads keep shallow stacks (see
         # docs/benchmarks.md, connections).
         self._off_thread = ThreadPoolExecutor(slots, thread_name_prefix="auth")
-        self._hash_queue = threading.BoundedSemaphore(slots * (1 + HASH_QUEUE_PER_SLOT))
         self._refusals = threading.BoundedSemaphore(REFUSAL_THREADS)
 
     # -- lifecycle --------------------------------------------------------
@@ -207,12 +217,12 @@ class Server:
             time.sleep(ACCEPT_BACKOFF_S)
             return
         ip = address[0]
-        refusal = self._admit(ip)
+        conn = Connection(self, sock, ip)
+        refusal = self._admit(conn)
         if refusal is not None:
             log.info("refused connection from %s: %s", ip, refusal.code)
             self._refuse(sock, refusal)
             return
-        conn = Connection(self, sock, ip)
         try:
             self.spawn(conn.run, f"conn-{ip}-{address[1]}")
         except RuntimeError as e:  # can't start new thread
@@ -220,21 +230,60 @@ class Server:
             self.release(conn)
             sock.close()
 
-    def _admit(self, ip: str) -> Refusal | None:
-        limits = self.config.limits
-        key = ip_key(ip)
+    def _admit(self, conn: Connection) -> Refusal | None:
+        """Count a new connection in, or say why not. A full pre-login pool
+        makes room by evicting its oldest member instead of refusing: idle
+        connections from a few addresses must not keep everyone else out."""
+        key = ip_key(conn.ip)
         with self._lock:
-            wait = self._throttle.wait_for(key, None, time.monotonic())
-            if wait > 0:
-                return Refusal(ErrorCode.RATE_LIMITED, "too many failed logins; try later", wait)
-            if self._counter.total >= limits.max_clients \
-                    or self._unauthenticated >= limits.max_unauthenticated:
-                return Refusal(ErrorCode.TOO_MANY_CONNECTIONS, "the server is full")
-            if self._counter.count(key) >= limits.max_connections_per_ip:
-                return Refusal(ErrorCode.TOO_MANY_CONNECTIONS, "too many connections from your address")
+            refusal = self._refusal(key, time.monotonic())
+            if refusal is None and \
+                    self._pre_login_counter.total >= self.config.limits.max_unauthenticated:
+                refusal = self._evict_oldest_pre_login()
+            if refusal is not None:
+                return refusal
             self._counter.add(key)
-            self._unauthenticated += 1
+            self._pre_login_counter.add(key)
+            self._pre_login[conn] = None
         return None
+
+    def _refusal(self, key: str, now: float) -> Refusal | None:
+        """Why a new connection from `key` may not come in; with the lock held.
+        Every attempt counts against the address's connection rate."""
+        limits = self.config.limits
+        wait = self._throttle.wait_for(key, None, now)
+        if wait > 0:
+            return Refusal(ErrorCode.RATE_LIMITED, "too many failed logins; try later", wait)
+        wait = self._connect_rate.take(key, now)
+        if wait > 0:
+            return Refusal(ErrorCode.RATE_LIMITED, "too many new connections; try later", wait)
+        if self._counter.total >= limits.max_clients:
+            return Refusal(ErrorCode.TOO_MANY_CONNECTIONS, "the server is full")
+        if self._counter.count(key) >= limits.max_connections_per_ip:
+            return Refusal(ErrorCode.TOO_MANY_CONNECTIONS, "too many connections from your address")
+        if self._pre_login_counter.count(key) >= limits.max_unauthenticated_per_ip:
+            return Refusal(ErrorCode.TOO_MANY_CONNECTIONS,
+                           "too many connections from your address not logged in yet")
+        return None
+
+    def _evict_oldest_pre_login(self) -> Refusal | None:
+        """Make room in the pre-login pool; with the lock held. A connection
+        whose login is being checked is passed over: it is about to leave the
+        pool anyway, and evicting it would waste its hash."""
+        for conn in self._pre_login:
+            if not conn.checking:
+                log.info("evicting a connection from %s that has not logged in, to make room",
+                         conn.ip)
+                self._leave_pre_login(conn)
+                conn.evict()
+                return None
+        return Refusal(ErrorCode.TOO_MANY_CONNECTIONS, "the server is full")
+
+    def _leave_pre_login(self, conn: Connection) -> None:
+        """Take `conn` out of the pre-login pool if it is there; with the lock held."""
+        if conn in self._pre_login:
+            del self._pre_login[conn]
+            self._pre_login_counter.remove(ip_key(conn.ip))
 
     def _refuse(self, sock: socket.socket, refusal: Refusal) -> None:
         frame = protocol.encode(protocol.error(refusal.code, refusal.message,
@@ -272,16 +321,27 @@ class Server:
         with self._lock:
             self._connections.add(conn)
 
-    def mark_authenticated(self) -> None:
+    def start_checking(self, conn: Connection) -> bool:
+        """`conn`'s login or registration is about to be checked: until it
+        fails (`stop_checking`) or logs in, it is not evicted. False if it
+        has been already."""
         with self._lock:
-            self._unauthenticated -= 1
+            conn.checking = not conn.evicted
+            return conn.checking
+
+    def stop_checking(self, conn: Connection) -> None:
+        with self._lock:
+            conn.checking = False
+
+    def mark_authenticated(self, conn: Connection) -> None:
+        with self._lock:
+            self._leave_pre_login(conn)
 
     def release(self, conn: Connection) -> None:
         with self._lock:
             self._connections.discard(conn)
             self._counter.remove(ip_key(conn.ip))
-            if not conn.authenticated:
-                self._unauthenticated -= 1
+            self._leave_pre_login(conn)
 
     @contextmanager
     def login_attempt(self, ip: str, username: str) -> Iterator[float]:
@@ -303,11 +363,21 @@ class Server:
 
     def auth_succeeded(self, ip: str, username: str) -> None:
         with self._lock:
-            self._throttle.success(username)
+            self._throttle.success(ip_key(ip), username, time.monotonic())
 
-    def registration_wait(self, ip: str) -> float:
+    @contextmanager
+    def registration_attempt(self, ip: str) -> Iterator[float]:
+        """`with server.registration_attempt(ip) as wait:` as login_attempt: at
+        0.0 the registration counts against the address until the block ends,
+        by which time `registered` has recorded it if it should count."""
         with self._lock:
-            return self._registrations.wait_for(ip_key(ip), time.monotonic())
+            wait = self._registrations.begin(ip_key(ip), time.monotonic())
+        try:
+            yield wait
+        finally:
+            if wait <= 0.0:
+                with self._lock:
+                    self._registrations.end(ip_key(ip))
 
     def registered(self, ip: str) -> None:
         with self._lock:
@@ -323,8 +393,25 @@ class Server:
         """
         return self._off_thread.submit(work, *args).result()
 
-    def hashing(self, deadline: float) -> _HashSlot:
-        return _HashSlot(self._hash_slots, self._hash_queue, deadline)
+    def hashing(self, deadline: float, ip: str) -> AbstractContextManager[bool]:
+        """`with server.hashing(deadline, ip) as ok:` a turn at bcrypt for the
+        address, or False at once (it has its share waiting, or the line is
+        full) or at the deadline."""
+        return self._hash_slots.turn(ip_key(ip), deadline)
+
+    def sessions_full_here(self, ip: str, username: str) -> bool:
+        """Whether the account has its maximum of sessions, one of them from
+        this address: a login from there would be refused after its hash.
+
+        Said to that address alone, which already knows the account is in
+        use; anyone else learns only after the password is checked, so it
+        tells no stranger that the account exists.
+        """
+        sessions = self.room.sessions_of(username)
+        if len(sessions) < self.room.max_sessions_per_user:
+            return False
+        key = ip_key(ip)
+        return any(isinstance(s, Session) and ip_key(s.connection.ip) == key for s in sessions)
 
     def connection_count(self) -> int:
         with self._lock:
@@ -379,31 +466,6 @@ class Server:
             assert isinstance(member, Session)
             if member.close_by is not None and now > member.close_by:
                 member.connection.transport_shutdown()
-
-
-class _HashSlot:
-    """A bounded place in line for bcrypt: `with server.hashing(deadline) as ok:`."""
-
-    def __init__(self, slots: threading.BoundedSemaphore, queue: threading.BoundedSemaphore,
-                 deadline: float) -> None:
-        self._slots = slots
-        self._queue = queue
-        self._deadline = deadline
-        self._held = False
-        self._queued = False
-
-    def __enter__(self) -> bool:
-        self._queued = self._queue.acquire(blocking=False)
-        if self._queued:
-            wait = self._deadline - time.monotonic()
-            self._held = wait > 0 and self._slots.acquire(timeout=wait)
-        return self._held
-
-    def __exit__(self, *exc: object) -> None:
-        if self._held:
-            self._slots.release()
-        if self._queued:
-            self._queue.release()
 
 
 def _family(host: str) -> socket.AddressFamily:

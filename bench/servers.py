@@ -122,14 +122,17 @@ class Authchat(ServerUnderTest):
         env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHCHAT_")}
         limits = {  # the suite measures speed, not the abuse limits: raise them all
             "MAX_CLIENTS": 100_000, "MAX_UNAUTHENTICATED": 100_000,
+            "MAX_UNAUTHENTICATED_PER_IP": 100_000, "CONNECTIONS_PER_IP_PER_MINUTE": 1_000_000,
             "MAX_CONNECTIONS_PER_IP": 100_000, "MAX_SESSIONS_PER_USER": 1000,
             "MESSAGES_PER_SECOND": 100_000, "MESSAGE_BURST": 100_000,
             "FAILED_LOGINS_PER_IP_PER_MINUTE": 100_000, "FAILED_LOGINS_PER_ACCOUNT": 100_000,
+            "FAILED_LOGINS_PER_ACCOUNT_PER_HOUR": 1_000_000,
             "HANDSHAKE_TIMEOUT_S": 120,
         }
         env.update({f"AUTHCHAT_LIMITS_{k}": str(v) for k, v in limits.items()})
         env.update(AUTHCHAT_HOME=str(self.dir), AUTHCHAT_LOGGING_LEVEL="WARNING",
                    AUTHCHAT_AUTH_BCRYPT_COST=str(self.bcrypt_cost),
+                   AUTHCHAT_AUTH_MAX_HASHES_PER_IP="1024",  # every client is 127.0.0.1
                    AUTHCHAT_HISTORY_ENABLED="true" if self.history else "false")
         return env
 

@@ -270,6 +270,18 @@ def add_user(server: Server, name: str, role: str = "user") -> None:
     server.store.create_user(name, GOOD_PASSWORD, actor="test", role=role, allow_reserved=True)
 
 
+def login_reply(address: tuple[str, int], username: str, password: str = GOOD_PASSWORD,
+                source_ip: str | None = None) -> dict[str, Any]:
+    """Connect, try one login, and hang up: the server's reply (a welcome or an error)."""
+    client = Client(address, source_ip=source_ip)
+    try:
+        client.hello()
+        client.send({"type": "login", "username": username, "password": password})
+        return client.recv()
+    finally:
+        client.close()
+
+
 def logged_in(server: Server, name: str, **kwargs: Any) -> Client:
     client = Client(server.address, **kwargs)
     client.login(name)

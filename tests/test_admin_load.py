@@ -143,6 +143,7 @@ def test_admin_commands_while_a_hundred_clients_chat(home: Path, run_cli: Runner
     # The probe asks 50 times a second: more than a session's default rate.
     server = ServerProcess(home, "--no-tls", AUTHCHAT_LIMITS_MAX_CLIENTS="300",
                            AUTHCHAT_LIMITS_MAX_CONNECTIONS_PER_IP="300",
+                           AUTHCHAT_LIMITS_CONNECTIONS_PER_IP_PER_MINUTE="1000",
                            AUTHCHAT_LIMITS_MESSAGES_PER_SECOND="100",
                            AUTHCHAT_LIMITS_MESSAGE_BURST="100")
     try:

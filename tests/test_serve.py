@@ -47,7 +47,8 @@ def test_a_full_disk_fails_registration_generically_and_loses_nothing(
     run_cli("users", "add", "alice", "--password-stdin", input=GOOD_PASSWORD + "\n", check=True)
     limit = sum(p.stat().st_size for p in home.iterdir()) + 160 * 1024
     server = ServerProcess(home, "--no-tls", max_file_bytes=limit,
-                           AUTHCHAT_LIMITS_REGISTRATIONS_PER_IP_PER_HOUR="1000")
+                           AUTHCHAT_LIMITS_REGISTRATIONS_PER_IP_PER_HOUR="1000",
+                           AUTHCHAT_LIMITS_CONNECTIONS_PER_IP_PER_MINUTE="1000")
     welcomed, failure = [], None
     try:
         alice = Client(server.address)

@@ -16,7 +16,7 @@ from authchat import __version__
 from authchat.errors import BadCredentials
 
 from conftest import GOOD_PASSWORD, Runner
-from helpers import Client, add_user, add_users, eventually, logged_in
+from helpers import Client, add_user, add_users, eventually, logged_in, login_reply
 
 OTHER_PASSWORD = "an entirely different phrase"
 
@@ -64,7 +64,8 @@ def test_unknown_user_costs_the_same_bcrypt_as_a_wrong_password(servers: Any) ->
     # would make their replies many times faster; attempts are interleaved so
     # machine noise hits both sides alike.
     server = servers(auth__bcrypt_cost=8, limits__failed_logins_per_account=1000,
-                     limits__failed_logins_per_ip_per_minute=1000)
+                     limits__failed_logins_per_ip_per_minute=1000,
+                     limits__connections_per_ip_per_minute=1000)
     add_user(server, "alice")
     timings: dict[str, list[float]] = {"alice": [], "nobody": []}
     for _ in range(15):
@@ -320,6 +321,57 @@ def test_sessions_per_account_limit(servers: Any) -> None:
     held[0].expect("pong")
 
 
+def test_a_login_past_the_session_limit_is_refused_before_its_hash(servers: Any) -> None:
+    server = servers(limits__max_sessions_per_user=2)
+    add_user(server, "alice")
+    held = [logged_in(server, "alice", source_ip="127.0.0.2") for _ in range(2)]
+    # Refused before the password is checked, so a wrong one gets it too; but
+    # only where those sessions are, which knows the account is in use...
+    here = login_reply(server.address, "alice", OTHER_PASSWORD, "127.0.0.2")
+    assert here["code"] == "too_many_sessions"
+    # ...while anyone elsewhere learns nothing without the password.
+    elsewhere = login_reply(server.address, "alice", OTHER_PASSWORD, "127.0.0.3")
+    assert elsewhere["code"] == "bad_credentials"
+    right = login_reply(server.address, "alice", source_ip="127.0.0.3")
+    assert right["code"] == "too_many_sessions"  # room.enter's own check, after the hash
+    held[0].send({"type": "ping", "id": 1})
+    held[0].expect("pong", re=1)
+
+
+def test_logins_looping_from_one_address_do_not_crowd_out_another(servers: Any) -> None:
+    # One hash at a time, and slow enough (cost 8) that the line is where time
+    # goes; the hog's connections are not limited here, only its hashes.
+    server = servers(auth__max_concurrent_hashes=1, auth__bcrypt_cost=8,
+                     limits__max_sessions_per_user=100, limits__max_connections_per_ip=100,
+                     limits__max_unauthenticated_per_ip=100,
+                     limits__connections_per_ip_per_minute=1_000_000)
+    add_user(server, "alice")
+    add_user(server, "bob")
+    stop = threading.Event()
+    hog_codes: list[str] = []
+
+    def hog() -> None:
+        while not stop.is_set():
+            reply = login_reply(server.address, "alice", source_ip="127.0.0.2")
+            hog_codes.append(reply.get("code", "welcome"))
+
+    hogs = [threading.Thread(target=hog) for _ in range(12)]
+    for thread in hogs:
+        thread.start()
+    try:
+        # the hog has its share of the line, and is told so for the rest
+        assert eventually(lambda: "rate_limited" in hog_codes)
+        replies = [login_reply(server.address, "bob", source_ip="127.0.0.3")
+                   for _ in range(5)]
+        served_meanwhile = hog_codes.count("welcome")
+    finally:
+        stop.set()
+        for thread in hogs:
+            thread.join(30)
+    assert [reply["type"] for reply in replies] == ["welcome"] * 5
+    assert served_meanwhile > 0 and set(hog_codes) == {"welcome", "rate_limited"}
+
+
 def test_passwd(servers: Any) -> None:
     server = servers()
     add_user(server, "alice")
@@ -406,6 +458,16 @@ def test_registration_closed_and_invite_modes(servers: Any) -> None:
     assert register(client, "bob", invite=token)["type"] == "welcome"
 
 
+def test_a_bogus_invite_says_nothing_about_the_name(servers: Any) -> None:
+    server = servers(server__registration="invite")
+    add_user(server, "alice")
+    client = Client(server.address)
+    client.hello()
+    replies = [register(client, name, invite="bogus") for name in ("alice", "bob")]
+    assert replies[0] == replies[1]
+    assert replies[0]["code"] == "registration_closed"
+
+
 # -- limits -----------------------------------------------------------------------
 
 def test_message_rate_limit(servers: Any) -> None:
@@ -446,8 +508,34 @@ def test_failed_logins_on_one_account_are_throttled(servers: Any) -> None:
     assert outcomes == ["bad_credentials", "bad_credentials", "rate_limited"]
 
 
-def test_guesses_sent_at_once_get_no_more_than_the_free_ones(servers: Any) -> None:
-    server = servers(auth__max_concurrent_hashes=16)  # every guess could be checked at once
+def test_guesses_from_one_address_do_not_lock_the_owner_out_elsewhere(servers: Any) -> None:
+    server = servers()
+    add_user(server, "alice")
+    codes = [login_reply(server.address, "alice", OTHER_PASSWORD, "127.0.0.2")["code"]
+             for _ in range(8)]
+    assert codes == ["bad_credentials"] * 5 + ["rate_limited"] * 3  # that address waits...
+    reply = login_reply(server.address, "alice", source_ip="127.0.0.3")
+    assert reply["type"] == "welcome", reply  # ...the owner, elsewhere, does not
+
+
+def test_an_address_that_logged_in_before_gets_past_the_hourly_limit(servers: Any) -> None:
+    server = servers()
+    add_user(server, "alice")
+    logged_in(server, "alice").close()  # the owner's usual address, 127.0.0.1
+    # 100 wrong guesses, the account's hourly allowance, from 20 addresses:
+    # 5 each, so that no address is held up by its own delay
+    codes = {login_reply(server.address, "alice", OTHER_PASSWORD, f"127.0.3.{n % 20 + 1}")["code"]
+             for n in range(100)}
+    assert codes == {"bad_credentials"}
+    refused = login_reply(server.address, "alice", source_ip="127.0.4.1")
+    assert refused["code"] == "rate_limited" and 0 < refused["retry_after"] <= 36
+    reply = login_reply(server.address, "alice")
+    assert reply["type"] == "welcome", reply
+
+
+def test_guesses_sent_at_once_get_no_more_than_the_hourly_allowance(servers: Any) -> None:
+    server = servers(auth__max_concurrent_hashes=16,  # every guess could be checked at once
+                     limits__failed_logins_per_account_per_hour=5)
     add_user(server, "alice")
     clients = [Client(server.address, source_ip=f"127.0.0.{10 + n}") for n in range(16)]
     for client in clients:
@@ -493,6 +581,30 @@ def test_registrations_per_address(servers: Any) -> None:
     assert error["code"] == "rate_limited" and error["retry_after"] > 3000
 
 
+def test_registrations_sent_at_once_get_no_more_than_the_limit(servers: Any) -> None:
+    # every one could be checked at once
+    server = servers(auth__max_concurrent_hashes=16, auth__max_hashes_per_ip=16,
+                     limits__max_unauthenticated_per_ip=16)
+    clients = [Client(server.address, source_ip="127.0.0.2") for _ in range(16)]
+    for client in clients:
+        client.hello()
+    start = threading.Barrier(len(clients))
+
+    def send_registration(n: int, client: Client) -> None:
+        start.wait()
+        client.send({"type": "register", "username": f"user{n}", "password": GOOD_PASSWORD})
+
+    threads = [threading.Thread(target=send_registration, args=pair)
+               for pair in enumerate(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    outcomes = sorted(client.recv().get("code", "welcome") for client in clients)
+    assert outcomes == ["rate_limited"] * 11 + ["welcome"] * 5
+    assert len(server.store.list_users()) == 5
+
+
 def test_connection_limits(servers: Any) -> None:
     server = servers(limits__max_connections_per_ip=2, limits__max_clients=3)
     held = [Client(server.address, source_ip="127.0.0.2") for _ in range(2)]
@@ -505,6 +617,57 @@ def test_connection_limits(servers: Any) -> None:
     held[0].close()
     assert eventually(lambda: server.connection_count() == 2)  # noticed in its own thread
     Client(server.address, source_ip="127.0.0.4").hello()
+
+
+def test_a_full_pre_login_pool_makes_room_by_closing_its_oldest(servers: Any) -> None:
+    server = servers()  # 64 connections not logged in, 4 from each address
+    add_user(server, "alice")
+    idle = []
+    for n in range(16):
+        for _ in range(4):
+            client = Client(server.address, source_ip=f"127.0.5.{n + 1}")
+            client.hello()
+            idle.append(client)
+    alice = logged_in(server, "alice", source_ip="127.0.6.1")  # comes in, and logs in
+    idle[0].expect_error("too_many_connections", message="the server is full; try again")
+    idle[0].expect_closed()
+    idle[1].send({"type": "ping", "id": 1})  # only the oldest made room
+    idle[1].expect("pong", re=1)
+    alice.send({"type": "ping", "id": 2})
+    alice.expect("pong", re=2)
+
+
+def test_an_address_may_have_four_connections_not_logged_in(servers: Any) -> None:
+    server = servers()
+    add_user(server, "alice")
+    waiting = [Client(server.address, source_ip="127.0.0.2") for _ in range(4)]
+    for client in waiting:
+        client.hello()
+    fifth = Client(server.address, source_ip="127.0.0.2")
+    fifth.expect_error("too_many_connections")
+    fifth.expect_closed()
+    Client(server.address, source_ip="127.0.0.3").hello()  # another address is not held up
+    waiting[0].send({"type": "login", "username": "alice", "password": GOOD_PASSWORD})
+    waiting[0].expect("welcome")  # logged in: it no longer counts
+    Client(server.address, source_ip="127.0.0.2").hello()
+
+
+def test_new_connections_from_one_address_are_rate_limited(servers: Any) -> None:
+    server = servers()  # 30 at once, then one every 2 s
+    started, admitted = time.monotonic(), 0
+    while admitted < 100:
+        client = Client(server.address, source_ip="127.0.0.2")
+        first = client.recv()
+        if first["type"] != "hello":
+            break
+        admitted += 1
+        client.close()
+        assert eventually(lambda: server.connection_count() == 0)  # none is held open
+    # the burst, and at most one more for every 2 s the loop took
+    assert 30 <= admitted <= 30 + (time.monotonic() - started) / 2, admitted
+    assert first["code"] == "rate_limited" and 0 < first["retry_after"] <= 2, first
+    client.expect_closed()
+    Client(server.address, source_ip="127.0.0.3").hello()  # another address is not held up
 
 
 # -- admin moderation and live revocation ----------------------------------------------
@@ -660,6 +823,7 @@ def test_a_rehash_at_a_new_cost_is_not_a_password_change(tmp_path: Path, servers
 def test_every_receiver_sees_the_same_order(servers: Any) -> None:
     clients_n, messages_n = 50, 20
     server = servers(limits__max_connections_per_ip=100, limits__max_unauthenticated=100,
+                     limits__connections_per_ip_per_minute=1000,
                      limits__messages_per_second=1000.0, limits__message_burst=1000)
     names = [f"user{i}" for i in range(clients_n)]
     for name in names:

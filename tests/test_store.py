@@ -291,6 +291,22 @@ def test_expired_revoked_and_bogus_invites(store: Store) -> None:
         "invite.create", "invite.create", "invite.revoke"]
 
 
+def test_a_bogus_invite_is_refused_before_the_name_is_looked_up_or_hashed(
+        store: Store, config: Config) -> None:
+    store.create_user("alice", GOOD_PASSWORD, actor="t")
+    # A hasher bcrypt refuses to run (cost 3 is below its minimum): any hash
+    # raises ValueError, so getting RegistrationClosed shows none was tried.
+    unable_to_hash = Store(config.database_path, hasher=PasswordHasher(3),
+                           policy=PasswordPolicy())
+    try:
+        for name in ("alice", "bob"):  # taken or not: the same refusal
+            with pytest.raises(RegistrationClosed):
+                unable_to_hash.create_user(name, GOOD_PASSWORD, actor="net", invite="bogus")
+    finally:
+        unable_to_hash.close()
+    assert [u.username for u in store.list_users()] == ["alice"]
+
+
 def test_failed_registration_does_not_use_up_the_invite(store: Store) -> None:
     store.create_user("alice", GOOD_PASSWORD, actor="t")
     _, token = store.create_invite(actor="t", expires_in=None)

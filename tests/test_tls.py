@@ -23,7 +23,8 @@ from helpers import CertificateAuthority, Client, add_user, start_server
 @pytest.fixture
 def tls_server(servers: Any) -> Any:
     return servers(tls__enabled=True, limits__max_connections_per_ip=64,
-                   limits__max_unauthenticated=64, limits__message_burst=100)
+                   limits__max_unauthenticated=64, limits__max_unauthenticated_per_ip=64,
+                   limits__message_burst=100)
 
 
 def cert_of(server: Any) -> Path:
@@ -162,6 +163,23 @@ def test_silent_and_garbage_clients_cost_only_their_own_connection(tls_server: A
     alice.expect("pong")
     for sock in silent:
         sock.close()
+
+
+def test_an_evicted_tls_connection_is_told_by_its_own_thread(servers: Any) -> None:
+    """The accept loop only wakes the connection it evicts; its own thread
+    writes the error (SECURITY.md C4), so it arrives whole through TLS."""
+    server = servers(tls__enabled=True, limits__max_unauthenticated=2)
+    add_user(server, "alice")
+    idle = [Client(server.address, cafile=cert_of(server), source_ip="127.0.0.2")
+            for _ in range(2)]
+    for client in idle:
+        client.hello()
+    alice = Client(server.address, cafile=cert_of(server), source_ip="127.0.0.3")
+    alice.login("alice")
+    idle[0].expect_error("too_many_connections")
+    idle[0].expect_closed()
+    idle[1].send({"type": "ping", "id": 1})
+    idle[1].expect("pong", re=1)
 
 
 def test_tls_fan_out_loses_nothing(tls_server: Any) -> None:

@@ -236,12 +236,18 @@ class Store:
                     invite: str | None = None, allow_reserved: bool = False) -> User:
         """Create an account, redeeming `invite` (which then sets the role) if given.
 
+        An unusable invite is refused before anything else is looked at: the
+        reply must not say whether the name is taken to someone who may not
+        register, nor cost a bcrypt.
+
         Raises:
+            RegistrationClosed: the invite is unknown, used up, expired or revoked.
             InvalidUsername, InvalidPassword: the name or password breaks the policy.
             UsernameTaken: the name exists in any letter case, or one that looks
                 like it (usernames.skeleton).
-            RegistrationClosed: the invite is unknown, used up, expired or revoked.
         """
+        if invite is not None and not _invite_usable(self.connection(), invite, utc_now()):
+            raise RegistrationClosed(INVITE_UNUSABLE)
         validate_username(username, allow_reserved=allow_reserved)
         _check_role(role)
         self.policy.check(password, username)
@@ -524,6 +530,18 @@ def _refuse_taken(conn: sqlite.Connection, username: str, shape: str) -> None:
     raise UsernameTaken("that username looks too much like one that is taken")
 
 
+_USABLE_INVITE = ("token_hash = ? AND revoked_at IS NULL AND uses < max_uses"
+                  " AND (expires_at IS NULL OR expires_at > ?)")
+INVITE_UNUSABLE = "invite is invalid, used up or expired"
+
+
+def _invite_usable(conn: sqlite.Connection, token: str, now: str) -> bool:
+    """Whether the invite could be redeemed now: a read, so it decides nothing
+    (`_redeem_invite` does, atomically); it only turns away early what must fail."""
+    return conn.execute(f"SELECT 1 FROM invites WHERE {_USABLE_INVITE}",
+                        (_token_hash(token), now)).fetchone() is not None
+
+
 def _redeem_invite(conn: sqlite.Connection, token: str, now: str) -> tuple[int, str]:
     """Use up one use of an invite inside the caller's transaction.
 
@@ -531,11 +549,10 @@ def _redeem_invite(conn: sqlite.Connection, token: str, now: str) -> tuple[int, 
     concurrent redemptions of a last use, only one matches the WHERE clause.
     """
     token_hash = _token_hash(token)
-    cursor = conn.execute(
-        "UPDATE invites SET uses = uses + 1 WHERE token_hash = ? AND revoked_at IS NULL"
-        " AND uses < max_uses AND (expires_at IS NULL OR expires_at > ?)", (token_hash, now))
+    cursor = conn.execute(f"UPDATE invites SET uses = uses + 1 WHERE {_USABLE_INVITE}",
+                          (token_hash, now))
     if cursor.rowcount == 0:
-        raise RegistrationClosed("invite is invalid, used up or expired")
+        raise RegistrationClosed(INVITE_UNUSABLE)
     row = conn.execute("SELECT id, role FROM invites WHERE token_hash = ?", (token_hash,)).one()
     return row["id"], row["role"]
 
