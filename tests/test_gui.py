@@ -688,14 +688,11 @@ def test_authchat_gui_as_a_process(display: str, tmp_path: Path) -> None:
     bob = Client(server.address, cafile=home / CERT_FILENAME)
     try:
         bob.login("bob")
-        xdotool(display, "search", "--sync", "--onlyvisible", "--name", "^authchat$",
-                "windowfocus", "--sync")
+        focus_window(display, "^authchat$")
         xdotool(display, "type", "--delay", "5", GOOD_PASSWORD)
         xdotool(display, "key", "Return")
         bob.expect("join", skip=(), username="alice")
-        # Only once it is shown: focusing a window not yet mapped fails.
-        xdotool(display, "search", "--sync", "--onlyvisible", "--name", "^authchat: alice",
-                "windowfocus", "--sync")
+        focus_window(display, "^authchat: alice")
         xdotool(display, "type", "--delay", "5", "typed for real")
         xdotool(display, "key", "Return")
         bob.expect("message", text="typed for real", **{"from": "alice"})
@@ -715,3 +712,22 @@ def xdotool(display: str, *args: str) -> None:
     done = subprocess.run(["xdotool", *args], env={**os.environ, "DISPLAY": display},
                           timeout=WAIT_S, capture_output=True, text=True)
     assert done.returncode == 0, f"xdotool {' '.join(args)}: {done.stderr.strip()}"
+
+
+def focus_window(display: str, title: str) -> None:
+    """Focus the shown window whose title matches, once there is one.
+
+    xdotool's search reads every window's attributes, and stops with BadWindow
+    when one of them is destroyed meanwhile, as the login form's windows are
+    when the chat window replaces them: that search is asked again. Focusing
+    waits for a shown window, since an unmapped one cannot take the focus.
+    """
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        try:
+            xdotool(display, "search", "--sync", "--onlyvisible", "--name", title,
+                    "windowfocus", "--sync")
+            return
+        except AssertionError as e:
+            if "BadWindow" not in str(e) or time.monotonic() > deadline:
+                raise
