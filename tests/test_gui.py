@@ -71,24 +71,28 @@ class Gui:
                 raise AssertionError(f"{what}: never happened")
             time.sleep(0.01)
 
-    def press(self, widget: tk.Misc, key: str) -> None:
+    def press(self, widget: tk.Misc, key: str, times: int = 1) -> None:
+        """Press `key` in `widget`; several times before anything else is handled,
+        as fast fingers do, if `times` says so."""
         widget.focus_force()
         self.root.update()
-        widget.event_generate(key)
+        for _ in range(times):
+            widget.event_generate(key)
         self.root.update()
 
     def type_into(self, widget: tk.Misc, text: str) -> None:
         widget.focus_force()
         widget.insert("end", text)  # type: ignore[attr-defined]
 
-    def log_in(self, password: str = GOOD_PASSWORD, *, create: bool = False) -> None:
+    def log_in(self, password: str = GOOD_PASSWORD, *, create: bool = False,
+               presses: int = 1) -> None:
         form = self.app.form
         assert form is not None
         form.forget_password()
         form.entries["Password"].insert(0, password)
         if form.ticked(form.create) != create:
             form.create.invoke()  # as a click does
-        self.press(form.entries["Password"], "<Return>")
+        self.press(form.entries["Password"], "<Return>", presses)
 
     def dialog(self, title: str) -> Dialog:
         return self.wait_for(lambda: next((d for d in dialogs(self.root) if d.title() == title),
@@ -343,10 +347,9 @@ def test_enter_twice_creates_the_account_once(gui: Callable[..., Gui],
                                               servers: Callable[..., object]) -> None:
     server = servers()
     window = gui(server.address[1], username="newcomer")
-    window.log_in("a brand new long password", create=True)
-    form = window.app.form
-    assert form is not None
-    window.press(form.entries["Password"], "<Return>")  # impatient
+    # Impatient: Enter twice, the second before the first is answered (pressed
+    # one at a time, a fast server could answer in between and take the form away).
+    window.log_in("a brand new long password", create=True, presses=2)
     window.wait_for(lambda: window.app.view is not None and "logged in as newcomer"
                     in window.room(), "logged in")
     assert not dialogs(window.root)  # no "that username is taken"
