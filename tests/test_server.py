@@ -803,6 +803,46 @@ def test_an_admin_reset_wins_over_a_session_resetting_the_old_password(
         known = reset
 
 
+def test_a_login_checked_across_an_admin_reset_does_not_outlive_it(
+        servers: Any, run_cli: Runner) -> None:
+    # Logins with the old password, always one being hashed, while the admin
+    # resets it: one checked against the old hash but recorded after the
+    # reset must not become a session that knows only the new password.
+    server = servers(auth__bcrypt_cost=10, limits__max_sessions_per_user=1000,
+                     limits__failed_logins_per_account=1000,
+                     limits__failed_logins_per_ip_per_minute=1000)
+    add_user(server, "alice")
+    for round_ in range(3):
+        old = GOOD_PASSWORD if round_ == 0 else f"the admin chose round {round_ - 1} words"
+        stop, welcomed = threading.Event(), []
+
+        def log_in_again_and_again(source: str) -> None:
+            for _ in range(200):
+                if stop.is_set():
+                    return
+                client = Client(server.address, source_ip=source)
+                client.hello()
+                client.send({"type": "login", "username": "alice", "password": old})
+                if client.recv()["type"] == "welcome":
+                    welcomed.append(client)
+                else:
+                    client.close()
+
+        loops = [threading.Thread(target=log_in_again_and_again, args=(f"127.0.0.{n}",))
+                 for n in (2, 3)]
+        for loop in loops:
+            loop.start()
+        assert eventually(lambda: len(welcomed) >= 2, 10)
+        reset = f"the admin chose round {round_} words"
+        run_cli("users", "passwd", "alice", "--password-stdin", input=reset + "\n", check=True)
+        stop.set()
+        for loop in loops:
+            loop.join(10)
+        for client in welcomed:  # every one of them: kicked, however late it came in
+            client.expect_error("kicked", skip=("join", "leave"))
+            client.close()
+
+
 def test_a_rehash_at_a_new_cost_is_not_a_password_change(tmp_path: Path, servers: Any) -> None:
     add_users(tmp_path / "home", "alice", "bob")  # hashed at the test cost, 4
     server = servers(auth__bcrypt_cost=5)  # the first login rehashes at 5

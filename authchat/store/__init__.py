@@ -296,21 +296,32 @@ class Store:
         if self.hasher.needs_rehash(row["password_hash"]):
             new_hash = self.hasher.hash(password)
         try:
-            return self._record_login(row["id"], row["password_hash"], new_hash, utc_now())
-        except NoSuchUser:  # deleted while we were hashing
-            raise BadCredentials() from None
+            return self._record_login(row["id"], row["password_version"], new_hash, utc_now())
+        except NoSuchUser:  # deleted, or its password changed, while we were hashing
+            raise BadCredentials(account_exists=True) from None
         except StorageError as e:
             # The password was right; a full disk should not lock everyone out.
             log.warning("could not record the login of user id %d: %s", row["id"], e)
             return _user(row)
 
-    def _record_login(self, user_id: int, old_hash: str, new_hash: str | None, now: str) -> User:
+    def _record_login(self, user_id: int, verified_version: int, new_hash: str | None,
+                      now: str) -> User:
+        """Record a login checked against the password of `verified_version`,
+        only if that is still the account's password: one changed while the
+        hash was checked (an admin's reset) must not let the old one in, with
+        a session that would know only the new version. A rehash keeps the
+        version, so logins at the same time all go through.
+
+        Raises:
+            NoSuchUser: the account is gone, or its password changed meanwhile.
+        """
         with self.transaction() as conn:
-            if new_hash is not None:
-                # Only replace the hash we verified: a concurrent `passwd` wins.
-                conn.execute("UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?",
-                             (new_hash, user_id, old_hash))
-            conn.execute("UPDATE users SET last_login_at = ? WHERE id = ?", (now, user_id))
+            cursor = conn.execute(
+                "UPDATE users SET last_login_at = ?, password_hash = coalesce(?, password_hash)"
+                " WHERE id = ? AND password_version = ?",
+                (now, new_hash, user_id, verified_version))
+            if cursor.rowcount == 0:
+                raise NoSuchUser()
             return self._user_by_id(conn, user_id)
 
     def get_user(self, username: str) -> User:
