@@ -125,6 +125,12 @@ def test_nesting_counts_brackets_outside_strings_only() -> None:
     history_page = b'{"type":"history","messages":[{"type":"message","id":1}],"more":false}'
     assert not protocol.nests_deeper_than(history_page, protocol.MAX_NESTING)
     assert protocol.nests_deeper_than(b'{"a":[{"b":[]}]}', 3)
+    # Quotes and backslashes however they fall: escaped quotes to the end, a
+    # string left open, a backslash last.
+    assert protocol.nests_deeper_than(b'[[[["' + b'\\"' * 8000, 3)
+    assert not protocol.nests_deeper_than(b'[[["' + b'\\"' * 8000 + b"[[[[", 3)
+    assert not protocol.nests_deeper_than(b'[["[[[[[[\\', 3)
+    assert protocol.nests_deeper_than(b'["\\\\"[[[', 3)  # an escaped backslash ends no string
 
 
 def test_violations_carry_the_request_id_when_there_is_one() -> None:
