@@ -131,8 +131,11 @@ class Session:
     def password_is_stale(self, current_version: int) -> bool:
         """Whether the account's password has changed since this session last
         knew it, other than by its own change in progress."""
-        return current_version > self.password_version \
-            and current_version != self.password_version_changing_to
+        # Read in the opposite order to the one the change writes them in
+        # (version, then changing_to cleared): read the other way round,
+        # housekeeping could see the old version and no change in progress.
+        changing_to = self.password_version_changing_to
+        return current_version > self.password_version and current_version != changing_to
 
     def end_for_account_gone(self) -> None:
         """Disabled or deleted: a deleted account's sessions are ended as a
@@ -412,8 +415,14 @@ class Connection:
                 return user
             user = store.authenticate(request.username, request.password)
         except AuthchatError as e:
-            if isinstance(request, Login) or isinstance(e, RegistrationClosed):
+            if isinstance(request, Login):
                 server.auth_failed(self.ip, request.username)
+            elif isinstance(e, RegistrationClosed):
+                # A bad invite is a guess too, but at the invite, not at the
+                # account it names: charged to the address alone, or anyone
+                # could spend an account's allowance through registrations,
+                # which no account throttle holds back.
+                server.auth_failed(self.ip, None)
             elif isinstance(e, UsernameTaken):
                 server.registered(self.ip)  # probing for names spends the IP's registrations
             raise

@@ -357,7 +357,7 @@ class Server:
                 with self._lock:
                     self._throttle.end(ip_key(ip), username, time.monotonic())
 
-    def auth_failed(self, ip: str, username: str) -> None:
+    def auth_failed(self, ip: str, username: str | None) -> None:
         with self._lock:
             self._throttle.failure(ip_key(ip), username, time.monotonic())
 

@@ -130,7 +130,7 @@ def test_nesting_counts_brackets_outside_strings_only() -> None:
     assert protocol.nests_deeper_than(b'[[[["' + b'\\"' * 8000, 3)
     assert not protocol.nests_deeper_than(b'[[["' + b'\\"' * 8000 + b"[[[[", 3)
     assert not protocol.nests_deeper_than(b'[["[[[[[[\\', 3)
-    assert protocol.nests_deeper_than(b'["\\\\"[[[', 3)  # an escaped backslash ends no string
+    assert protocol.nests_deeper_than(b'["\\\\"[[[', 3)  # an escaped backslash leaves the quote after it to close the string
 
 
 def test_violations_carry_the_request_id_when_there_is_one() -> None:

@@ -468,6 +468,20 @@ def test_a_bogus_invite_says_nothing_about_the_name(servers: Any) -> None:
     assert replies[0]["code"] == "registration_closed"
 
 
+def test_bogus_invites_naming_an_account_do_not_spend_its_login_allowance(
+        servers: Any) -> None:
+    server = servers(server__registration="invite",
+                     limits__failed_logins_per_account_per_hour=3)
+    add_user(server, "alice")
+    for n in range(2, 7):  # more than the account's allowance, from many addresses
+        client = Client(server.address, source_ip=f"127.0.0.{n}")
+        client.hello()
+        assert register(client, "alice", invite="bogus")["code"] == "registration_closed"
+        client.close()
+    owner = Client(server.address, source_ip="127.0.0.20")
+    owner.login("alice")  # from an address she has never used
+
+
 # -- limits -----------------------------------------------------------------------
 
 def test_message_rate_limit(servers: Any) -> None:
