@@ -43,7 +43,7 @@ from .protocol import FrameDecoder, ProtocolError
 from .roster import dm_peer
 from .sanitize import escape
 from .tls import KnownServer, KnownServers, client_context, default_known_servers, \
-    fingerprint, is_self_signed, normalize_fingerprint, same_fingerprint
+    fingerprint, is_self_signed, normalize_fingerprint, same_fingerprint, self_signed_problem
 from .transport import PlainTransport, TLSTransport, TransportClosed, is_loopback
 
 log = logging.getLogger(__name__)
@@ -261,20 +261,29 @@ def _known(options: ClientOptions) -> KnownServer | None:
 
 def _unverified(options: ClientOptions, error: ssl.SSLCertVerificationError) -> TrustError:
     """Why a certificate that failed verification is refused: never a question."""
-    where = f"{options.host}:{options.port}"
     if error.verify_code in NAME_MISMATCH:
+        return _refused(options, "another name")
+    if error.verify_code == CERT_HAS_EXPIRED:
+        return _refused(options, "expired")
+    if error.verify_code == CERT_NOT_YET_VALID:
+        return _refused(options, "not yet valid")
+    return TrustError(f"the certificate of {options.host}:{options.port} does not verify: "
+                      f"{error.verify_message}. Connection refused; if the server's authority "
+                      "is a private one, pass its certificate with --cafile")
+
+
+def _refused(options: ClientOptions, problem: str) -> TrustError:
+    """A certificate for another name, expired or not yet valid, self-signed or not."""
+    where = f"{options.host}:{options.port}"
+    if problem == "another name":
         return TrustError(f"the certificate of {where} was issued for another name, not "
                           f"{options.host}. Connection refused; connect by the name the "
                           "server's operator gives, or have them fix the certificate")
-    if error.verify_code == CERT_HAS_EXPIRED:
+    if problem == "expired":
         return TrustError(f"the certificate of {where} has expired. Connection refused; the "
                           "server's operator must renew it (or this computer's clock is wrong)")
-    if error.verify_code == CERT_NOT_YET_VALID:
-        return TrustError(f"the certificate of {where} is not valid yet. Connection refused; "
-                          "check this computer's clock")
-    return TrustError(f"the certificate of {where} does not verify: {error.verify_message}. "
-                      "Connection refused; if the server's authority is a private one, pass "
-                      "its certificate with --cafile")
+    return TrustError(f"the certificate of {where} is not valid yet. Connection refused; "
+                      "check this computer's clock")
 
 
 def _open_verified(options: ClientOptions, confirm: Confirm | None,
@@ -287,7 +296,7 @@ def _open_verified(options: ClientOptions, confirm: Confirm | None,
         # With a cafile the user named the authority: no first use either.
         if e.verify_code != DEPTH_ZERO_SELF_SIGNED_CERT or (options.cafile and not vouched):
             raise
-        return _open_self_signed(options, confirm, vouched)
+        return _open_self_signed(options, confirm, known)
     seen = fingerprint(transport.peer_certificate() or b"")
     if known is None:
         _note_vouched(options, seen)
@@ -303,20 +312,29 @@ def _note_vouched(options: ClientOptions, seen: str) -> None:
                     options.known_servers, e.strerror or e)
 
 
-def _open_self_signed(options: ClientOptions, confirm: Confirm | None, vouched: bool) -> Link:
+def _open_self_signed(options: ClientOptions, confirm: Confirm | None,
+                      known: KnownServer | None) -> Link:
     """Trust on first use: offered for a self-signed certificate on a server
-    no authority vouched for; pinned once the user trusts it."""
+    no authority vouched for, valid now and issued for the name connected to;
+    pinned once the user trusts it."""
     transport = _handshake(options, client_context(verify=False))
     try:
         der = transport.peer_certificate() or b""
         seen = fingerprint(der)
         where = f"{options.host}:{options.port}"
-        if vouched:
+        if not is_self_signed(der):  # not what the verifying handshake saw: ask nothing
+            raise TrustError(f"the certificate of {where} does not verify. Connection refused")
+        # OpenSSL stops at "self-signed": the name and the dates are ours to check.
+        problem = self_signed_problem(der, options.host)
+        if problem is not None:
+            raise _refused(options, problem)
+        if known is not None and known.vouched:
+            if known.vouched_fingerprint and same_fingerprint(seen, known.vouched_fingerprint):
+                # The very certificate an authority (a --cafile) vouched for before.
+                return Link(transport, seen)
             raise _changed(where, "An authority vouched for it before (as "
                                   f"{options.known_servers} notes); now it is self-signed, "
                                   f"with fingerprint {seen}")
-        if not is_self_signed(der):  # not what the verifying handshake saw: ask nothing
-            raise TrustError(f"the certificate of {where} does not verify. Connection refused")
         _ask_first_use(where, seen, confirm)
         KnownServers(options.known_servers).remember(options.host, options.port, seen)
     except BaseException:

@@ -29,9 +29,13 @@ import ssl
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import Config, ensure_private_dir
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +218,47 @@ def is_self_signed(der: bytes) -> bool:
     return True
 
 
+def self_signed_problem(der: bytes, host: str) -> str | None:
+    """What OpenSSL does not check in a self-signed certificate it already
+    refused for being self-signed: "expired", "not yet valid" or "another
+    name" (not issued for `host`), or None if there is nothing wrong but that.
+    Trust on first use is offered for that alone."""
+    from cryptography import x509
+
+    certificate = x509.load_der_x509_certificate(der)
+    now = datetime.datetime.now(datetime.UTC)
+    if now > certificate.not_valid_after_utc:
+        return "expired"
+    if now < certificate.not_valid_before_utc:
+        return "not yet valid"
+    return None if _issued_for(certificate, host) else "another name"
+
+
+def _issued_for(certificate: x509.Certificate, host: str) -> bool:
+    """Whether the certificate's subject alternative names cover `host`
+    (a wildcard stands for one whole label at the left)."""
+    from cryptography import x509
+
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        wanted = host.lower().rstrip(".")
+        return any(_dns_name_matches(name.lower(), wanted)
+                   for name in names.get_values_for_type(x509.DNSName))
+    return address in names.get_values_for_type(x509.IPAddress)
+
+
+def _dns_name_matches(pattern: str, host: str) -> bool:
+    if pattern.startswith("*."):
+        first, _, rest = host.partition(".")
+        return bool(first) and rest == pattern[2:]
+    return pattern == host
+
+
 VOUCHED = "ca"  # the known-servers field that marks a server an authority vouched for
 
 
@@ -224,6 +269,7 @@ class KnownServer:
 
     pin: str | None = None
     vouched: bool = False
+    vouched_fingerprint: str | None = None  # the certificate it vouched for
 
 
 class KnownServers:
@@ -256,7 +302,8 @@ class KnownServers:
         for line in lines:
             fields = line.split()
             if len(fields) == 3 and fields[0] == key and fields[1] == VOUCHED:
-                return KnownServer(vouched=True)
+                return KnownServer(vouched=True,
+                                   vouched_fingerprint=normalize_fingerprint(fields[2]))
             if len(fields) == 2 and fields[0] == key:
                 return KnownServer(pin=fields[1])
         return None

@@ -200,16 +200,19 @@ class CertificateAuthority:
         subject = x509.load_pem_x509_certificate(cert.read_bytes()).subject
         return cls(directory, private_key, subject)
 
-    def issue(self, stem: str, *names: str, expired: bool = False) -> tuple[Path, Path]:
+    def issue(self, stem: str, *names: str, expired: bool = False,
+              self_signed: bool = False) -> tuple[Path, Path]:
         """A server certificate for `names` (host names or IP addresses), written
-        as STEM-cert.pem and STEM-key.pem (0600); returns their paths."""
+        as STEM-cert.pem and STEM-key.pem (0600); returns their paths. With
+        `self_signed`, its own key signs it, not this authority's."""
         key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+        issuer = CertificateAuthority(self.directory, key, subject) if self_signed else self
         now = datetime.datetime.now(datetime.UTC)
         start, end = (now - datetime.timedelta(days=30), now - datetime.timedelta(days=1)) \
             if expired else (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
         builder = (
-            self._builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]),
-                          key.public_key(), start, end)
+            issuer._builder(subject, key.public_key(), start, end)
             .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]),
                            critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -217,7 +220,7 @@ class CertificateAuthority:
                            critical=False))
         cert_path = self.directory / f"{stem}-cert.pem"
         key_path = self.directory / f"{stem}-key.pem"
-        cert_path.write_bytes(self._sign(builder).public_bytes(PEM))
+        cert_path.write_bytes(issuer._sign(builder).public_bytes(PEM))
         key_path.write_bytes(key.private_bytes(PEM, serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
         key_path.chmod(0o600)  # the server refuses a key others can read

@@ -231,6 +231,53 @@ def test_only_a_self_signed_certificate_is_offered_for_trust(
     assert "Connection refused" in str(refused.value)
 
 
+@pytest.mark.parametrize("case", ["another name", "another address", "expired"])
+def test_a_self_signed_certificate_for_another_name_or_expired_is_refused_too(
+        tmp_path: Path, case: str) -> None:
+    """OpenSSL says only "self-signed" of these: the name and the dates are the
+    client's to check before it asks anything."""
+    names, host, fragment = REFUSED[case]
+    server = ca_signed_server(tmp_path / "server", CertificateAuthority(tmp_path / "ca").issue(
+        "leaf", *names, expired=case == "expired", self_signed=True))
+    known = tmp_path / "known_servers"
+    asked = Asked()
+    try:
+        with pytest.raises(TrustError, match=fragment):
+            open_link(ClientOptions(host=host, port=server.address[1], known_servers=known),
+                      asked)
+        # The same server with a good certificate of its own is asked about.
+        good = ca_signed_server(tmp_path / "good", CertificateAuthority(tmp_path / "ca2").issue(
+            "leaf", "localhost", "127.0.0.1", self_signed=True))
+        good_port = good.address[1]
+        with pytest.raises(TrustError, match="not trusting"):
+            open_link(ClientOptions(host="127.0.0.1", port=good_port, known_servers=known),
+                      asked)
+        good.shutdown()
+    finally:
+        server.shutdown()
+    assert [where for where, _ in asked.asked] == [f"127.0.0.1:{good_port}"]
+
+
+def test_the_certificate_a_cafile_vouched_for_is_accepted_later_without_it(
+        tmp_path: Path) -> None:
+    """The server's own self-signed certificate, once given as --cafile, is
+    the certificate an authority vouched for there: no question, no alarm."""
+    home = tmp_path / "server"
+    server = start_server(home, tls__enabled=True)
+    known = tmp_path / "known_servers"
+    port = server.address[1]
+    try:
+        first = open_link(ClientOptions(port=port, cafile=str(home / CERT_FILENAME),
+                                        known_servers=known), Asked())
+        first.close()
+        asked = Asked()
+        again = open_link(ClientOptions(port=port, known_servers=known), asked)
+        again.close()
+    finally:
+        server.shutdown()
+    assert asked.asked == [] and again.fingerprint == first.fingerprint == server.fingerprint
+
+
 @pytest.mark.parametrize("later", ["system CAs", "cafile"])
 def test_a_server_an_authority_vouched_for_is_remembered_and_self_signed_there_is_a_change(
         authority: CertificateAuthority, tmp_path: Path, later: str) -> None:

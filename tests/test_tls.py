@@ -97,7 +97,7 @@ def test_the_known_servers_file_holds_pins_and_servers_an_authority_vouched_for(
     known = KnownServers(path)
     assert known.lookup("chat.example", 5555) == KnownServer(pin=fp)  # the first line counts
     assert known.get("chat.example", 5555) == fp  # a line as older versions wrote it
-    assert known.lookup("::1", 5555) == KnownServer(vouched=True)
+    assert known.lookup("::1", 5555) == KnownServer(vouched=True, vouched_fingerprint=other)
     assert known.get("::1", 5555) is None  # noted, not pinned
     assert known.lookup("chat.example", 6666) is None
     known.remember_vouched("new.example", 1, other.replace(":", "").lower())
