@@ -476,6 +476,19 @@ class RoundRobin(Generic[V]):
         self._count -= 1
         return item
 
+    def keys(self) -> list[Hashable]:
+        """The keys with items waiting."""
+        return list(self._queues)
+
+    def pop_newest(self, key: Hashable) -> V:
+        """Take the newest item of `key` out of the line; its key keeps its place."""
+        queue = self._queues[key]
+        item = queue.pop()
+        self._count -= 1
+        if not queue:
+            del self._queues[key]
+        return item
+
     def remove(self, key: Hashable, item: V) -> None:
         """Take `item` out of its line (its waiter gave up); its key keeps its place."""
         queue = self._queues[key]

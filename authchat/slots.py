@@ -2,9 +2,11 @@
 
 `FairSlots(slots, max_waiting, per_key)` lets `slots` holders in at once.
 A key (a client's address) may have at most `per_key` places, waiting or
-holding, and at most `max_waiting` wait in all; anyone past either limit is
-refused at once rather than queued, so neither one address nor everybody
-together can make the line long. Waiters are served round-robin by key
+holding, and at most `max_waiting` wait in all; past either limit a waiter
+is refused at once rather than queued, so neither one address nor everybody
+together can make the line long. When the line is full, an address with
+fewer places takes the place of the newest waiter of the address with the
+most, so a few addresses keeping it full cannot keep everyone else out. Waiters are served round-robin by key
 (limits.RoundRobin), not in arrival order: an address with requests waiting
 gets one turn a round like every other, so however hard it pushes, another
 address waits for at most one of its hashes a round.
@@ -23,12 +25,14 @@ from .limits import RoundRobin
 
 
 class _Ticket:
-    """A waiter's place in line; `granted` once a slot is handed to it."""
+    """A waiter's place in line: `granted` once a slot is handed to it,
+    `displaced` if it had to make room for an address with fewer places."""
 
-    __slots__ = ("granted",)
+    __slots__ = ("granted", "displaced")
 
     def __init__(self) -> None:
         self.granted = False
+        self.displaced = False
 
 
 class FairSlots:
@@ -55,7 +59,9 @@ class FairSlots:
 
     def acquire(self, key: str, deadline: float) -> bool:
         with self._changed:
-            if self._places.get(key, 0) >= self.per_key or len(self._line) >= self.max_waiting:
+            if self._places.get(key, 0) >= self.per_key:
+                return False
+            if len(self._line) >= self.max_waiting and not self._make_room_for(key):
                 return False
             self._places[key] = self._places.get(key, 0) + 1
             if self._free and not self._line:
@@ -64,6 +70,8 @@ class FairSlots:
             ticket = _Ticket()
             self._line.push(key, ticket)
             while not ticket.granted:
+                if ticket.displaced:
+                    return False  # its place went to another address, which left it
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self._line.remove(key, ticket)
@@ -71,6 +79,20 @@ class FairSlots:
                     return False
                 self._changed.wait(remaining)
             return True
+
+    def _make_room_for(self, key: str) -> bool:
+        """The line is full: take the newest waiter of the address with the most
+        places, if it has more than this one would, so that a few addresses
+        filling the line cannot keep every other one out of it."""
+        in_line = set(self._line.keys())
+        crowded = max((k for k in self._places if k in in_line), key=self._places.__getitem__)
+        if self._places[crowded] <= self._places.get(key, 0) + 1:
+            return False
+        ticket = self._line.pop_newest(crowded)
+        ticket.displaced = True
+        self._leave(crowded)
+        self._changed.notify_all()  # its waiter is among them
+        return True
 
     def release(self, key: str) -> None:
         with self._changed:

@@ -67,3 +67,30 @@ def test_a_waiter_whose_deadline_passes_gives_up_its_place() -> None:
     slots.release("a")
     # given back: with a share of one, a place kept would refuse b now
     assert at_once(lambda: slots.acquire("b", time.monotonic() + FAR))
+
+
+def test_a_full_line_makes_room_for_an_address_with_fewer_places() -> None:
+    # Both slots held, and the line filled by two addresses with two waiters
+    # each: a third address still gets in line, in the place of the newest
+    # waiter of an address with the most places.
+    slots = FairSlots(slots=2, max_waiting=4, per_key=2)
+    assert slots.acquire("x", time.monotonic() + FAR)
+    assert slots.acquire("y", time.monotonic() + FAR)
+    outcomes: dict[str, bool] = {}
+
+    def wait_turn(label: str, key: str) -> None:
+        outcomes[label] = slots.acquire(key, time.monotonic() + FAR)
+
+    waiters = []
+    for label, key in [("a1", "a"), ("a2", "a"), ("b1", "b"), ("b2", "b"), ("c1", "c")]:
+        waiters.append(threading.Thread(target=wait_turn, args=(label, key)))
+        waiters[-1].start()
+        assert eventually(lambda: slots.waiting() == min(len(waiters), 4))
+    assert eventually(lambda: outcomes.get("a2") is False)  # told at once, not left waiting
+    # Each slot given back goes to the next in turn: a1, b1, c1, then b2.
+    for holder, next_in_turn in [("x", "a1"), ("y", "b1"), ("a", "c1"), ("b", "b2")]:
+        slots.release(holder)
+        assert eventually(lambda: outcomes.get(next_in_turn) is True)
+    for thread in waiters:
+        thread.join(10)
+    assert outcomes == {"a1": True, "a2": False, "b1": True, "b2": True, "c1": True}
