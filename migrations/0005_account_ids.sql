@@ -48,3 +48,12 @@ DROP INDEX messages_waiting;
 -- partial index.
 CREATE INDEX direct_messages_pair ON direct_messages (sender_id, recipient_id, id);
 CREATE INDEX direct_messages_waiting ON direct_messages (recipient_id, id) WHERE delivered = 0;
+
+-- A server of an older version still running on this file would go on
+-- storing DMs without account ids, which nobody would ever be given: its
+-- writes fail loudly instead, as README's "To upgrade" says they will.
+CREATE TRIGGER direct_messages_need_account_ids BEFORE INSERT ON direct_messages
+WHEN NEW.sender_id IS NULL OR NEW.recipient_id IS NULL
+BEGIN
+    SELECT RAISE(ABORT, 'direct_messages needs account ids: this authchat is older than the database');
+END;

@@ -12,3 +12,11 @@ UPDATE users SET name_skeleton =
         lower(username), '_', ''), '.', ''), '-', ''), 'rn', 'm'), 'vv', 'w'),
         '1', 'l'), 'i', 'l'), '0', 'o');
 CREATE INDEX users_name_skeleton ON users (name_skeleton);
+
+-- An older server still running on this file would make accounts with no
+-- skeleton, past the look-alike check: its writes fail loudly instead.
+CREATE TRIGGER users_need_a_name_skeleton BEFORE INSERT ON users
+WHEN NEW.name_skeleton = ''
+BEGIN
+    SELECT RAISE(ABORT, 'users needs a name skeleton: this authchat is older than the database');
+END;

@@ -150,10 +150,22 @@ def test_migration_0006_computes_the_skeleton_as_usernames_does(tmp_path_factory
 def test_the_constraint_itself_refuses_case_variants(store: Store) -> None:
     # Not just a check in Python: the database refuses it too.
     store.create_user("Alice", GOOD_PASSWORD, actor="test")
-    with pytest.raises(sqlite.IntegrityError):
+    with pytest.raises(sqlite.IntegrityError, match="UNIQUE"):
         with store.transaction() as conn:
-            conn.execute("INSERT INTO users (username, password_hash, created_at, updated_at)"
-                         " VALUES ('ALICE', 'x', 'now', 'now')")
+            conn.execute("INSERT INTO users (username, password_hash, created_at, updated_at,"
+                         " name_skeleton) VALUES ('ALICE', 'x', 'now', 'now', 'alice')")
+
+
+def test_an_older_servers_writes_fail_loudly_on_a_migrated_file(store: Store) -> None:
+    """What a server from before migrations 0005 and 0006 would write, still
+    running on the file: refused, not stored where nothing reads it."""
+    for insert in ("INSERT INTO users (username, password_hash, created_at, updated_at)"
+                   " VALUES ('bob', 'x', 'now', 'now')",
+                   "INSERT INTO direct_messages (id, ts, sender, recipient, text, delivered)"
+                   " VALUES (1, 'now', 'alice', 'bob', 'hi', 0)"):
+        with pytest.raises(sqlite.IntegrityError, match="older than the database"):
+            with store.transaction() as conn:
+                conn.execute(insert)
 
 
 def test_create_user_validates_before_writing(store: Store) -> None:
