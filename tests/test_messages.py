@@ -205,6 +205,8 @@ def test_direct_messages_page_between_two_people_only(store: Store,
                     dm(ids, "alice", "carol", "hi carol"),
                     RoomMessages("alice", ["to the room"])])
     assert log.dm_page(ids["alice"], "nobody") == ([], False)
+    log.append(TS, [dm(ids, "alice", "alice", "a note to myself")])
+    assert [m.text for m in log.dm_page(ids["alice"], "alice")[0]] == ["a note to myself"]
     page, more = log.dm_page(ids["alice"], "BOB")
     assert [(m.sender, m.text) for m in page] == [("alice", "hi bob"), ("Bob", "hi alice")]
     assert not more

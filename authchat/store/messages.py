@@ -45,6 +45,16 @@ WRITER_CACHE_KIB = 256
 _DM_COLUMNS = "id, ts, sender, recipient, text"
 _BATCH_COLUMNS = "last_id, first_id, ts, messages"
 NO_ID = 2**63 - 1  # above every id: a page with no upper bound, a table with no oldest
+# A page of one conversation: the newest of each direction, each a range of
+# the pair index read from the top, then the newest of both. (One query with
+# OR read the whole conversation below `before` and sorted it.) The second
+# direction is left out for DMs to oneself, which the first has already.
+_DM_DIRECTION = (f"SELECT {_DM_COLUMNS} FROM direct_messages WHERE sender_id = {{}} "
+                 "AND recipient_id = {} AND id < :before ORDER BY id DESC LIMIT :count")
+_OTHER_ID = "(SELECT id FROM users WHERE username = :other)"
+_DM_PAGE = (f"SELECT * FROM ({_DM_DIRECTION.format(':me', _OTHER_ID)}) UNION ALL "
+            f"SELECT * FROM ({_DM_DIRECTION.format(_OTHER_ID, ':me')}) "
+            f"WHERE :me IS NOT {_OTHER_ID} ORDER BY id DESC LIMIT :count")
 
 
 class RoomMessages(NamedTuple):
@@ -151,12 +161,8 @@ class MessageLog:
         now named `other`, both ways (none if no account has that name)."""
         limit = _page_size(limit)
         rows = self.store.connection().execute(
-            f"SELECT {_DM_COLUMNS} FROM direct_messages, "
-            "(SELECT id AS other_id FROM users WHERE username = ?) "
-            "WHERE ((sender_id = ? AND recipient_id = other_id) "
-            "OR (sender_id = other_id AND recipient_id = ?)) "
-            "AND id < ? ORDER BY id DESC LIMIT ?",
-            (other, account_id, account_id, _below(before), limit + 1)).fetchall()
+            _DM_PAGE, {"me": account_id, "other": other, "before": _below(before),
+                       "count": limit + 1}).fetchall()
         return [_dm(row) for row in reversed(rows[:limit])], len(rows) > limit
 
     def waiting_for(self, recipient_id: int) -> list[StoredMessage]:
