@@ -43,7 +43,8 @@ from .protocol import FrameDecoder, ProtocolError
 from .roster import dm_peer
 from .sanitize import escape
 from .tls import KnownServer, KnownServers, client_context, default_known_servers, \
-    fingerprint, is_self_signed, normalize_fingerprint, same_fingerprint, self_signed_problem
+    certificate_names, fingerprint, is_self_signed, normalize_fingerprint, same_fingerprint, \
+    self_signed_problem
 from .transport import PlainTransport, TLSTransport, TransportClosed, is_loopback
 
 log = logging.getLogger(__name__)
@@ -326,6 +327,12 @@ def _open_self_signed(options: ClientOptions, confirm: Confirm | None,
             raise TrustError(f"the certificate of {where} does not verify. Connection refused")
         # OpenSSL stops at "self-signed": the name and the dates are ours to check.
         problem = self_signed_problem(der, options.host)
+        if problem == "another name":
+            raise TrustError(
+                f"the certificate of {where} is self-signed and was issued for "
+                f"{', '.join(certificate_names(der)) or 'no name'}, not {options.host}. "
+                "Connection refused; connect by one of those names, or pass --fingerprint "
+                "with the fingerprint the server's operator gives you")
         if problem is not None:
             raise _refused(options, problem)
         if known is not None and known.vouched:

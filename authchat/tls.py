@@ -234,14 +234,33 @@ def self_signed_problem(der: bytes, host: str) -> str | None:
     return None if _issued_for(certificate, host) else "another name"
 
 
+def certificate_names(der: bytes) -> list[str]:
+    """The host names and addresses a DER certificate is issued for."""
+    from cryptography import x509
+
+    names = _alternative_names(x509.load_der_x509_certificate(der))
+    if names is None:
+        return []
+    return names.get_values_for_type(x509.DNSName) + \
+        [str(address) for address in names.get_values_for_type(x509.IPAddress)]
+
+
+def _alternative_names(certificate: x509.Certificate) -> x509.SubjectAlternativeName | None:
+    from cryptography import x509
+
+    try:
+        return certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+
+
 def _issued_for(certificate: x509.Certificate, host: str) -> bool:
     """Whether the certificate's subject alternative names cover `host`
     (a wildcard stands for one whole label at the left)."""
     from cryptography import x509
 
-    try:
-        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
+    names = _alternative_names(certificate)
+    if names is None:
         return False
     try:
         address = ipaddress.ip_address(host)
