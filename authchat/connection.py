@@ -140,7 +140,7 @@ class Session:
     def end_for_account_gone(self) -> None:
         """Disabled or deleted: a deleted account's sessions are ended as a
         disabled one's are."""
-        self.end(ErrorCode.ACCOUNT_DISABLED, "your account has been disabled", "disabled")
+        self.end(ErrorCode.ACCOUNT_DISABLED, "this account is disabled", "disabled")
 
     def end_for_password_change(self) -> None:
         self.end(ErrorCode.KICKED, "your password was changed; log in again",
@@ -292,7 +292,8 @@ class Connection:
     def _handshake(self) -> User | None:
         cfg = self.server.config
         self._send_now(protocol.hello(f"authchat/{__version__}", cfg.server.registration,
-                                      self.server.tls_context is not None))
+                                      self.server.tls_context is not None,
+                                      cfg.auth.min_password_length))
         assert self.transport is not None
         while True:
             try:

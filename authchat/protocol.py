@@ -474,9 +474,10 @@ def _with_re(frame: dict[str, Any], re_: RequestId) -> dict[str, Any]:
     return frame
 
 
-def hello(server: str, registration: str, tls: bool) -> dict[str, Any]:
+def hello(server: str, registration: str, tls: bool, min_password_length: int) -> dict[str, Any]:
     return {"type": "hello", "protocol": PROTOCOL_VERSION, "server": server,
-            "registration": registration, "tls": tls}
+            "registration": registration, "tls": tls,
+            "min_password_length": min_password_length}
 
 
 def welcome(username: str, role: str, users: list[str], re_: RequestId = None) -> dict[str, Any]:

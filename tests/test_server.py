@@ -27,7 +27,8 @@ def test_hello(servers: Any) -> None:
     server = servers()
     hello = Client(server.address).recv()
     assert hello == {"type": "hello", "protocol": 1, "server": f"authchat/{__version__}",
-                     "registration": "open", "tls": False}
+                     "registration": "open", "tls": False,
+                     "min_password_length": 15}
 
 
 def test_register_then_login(servers: Any) -> None:
