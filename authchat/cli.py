@@ -26,8 +26,9 @@ import click
 from . import __version__, client, script
 from .client import ClientOptions
 from .config import Config, load_config
-from .errors import AuthchatError, ConfigError, StoreBusy, UsernameTaken
+from .errors import AuthchatError, ConfigError, InvalidPassword, StoreBusy, UsernameTaken
 from .logs import setup_logging
+from .passwords import PasswordPolicy
 from .protocol import timestamp
 from .sanitize import escape, escape_json
 from .server import Server
@@ -189,13 +190,36 @@ def _interactive() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
 
 
-def _read_password(from_stdin: bool, *, confirm: bool) -> str:
+def _password_for(options: ClientOptions, username: str, from_stdin: bool, *,
+                  new: bool, invite: str | None = None) -> str:
+    """The password, from standard input, or asked for once the server is known
+    to be there, trusted, and (for a new account) open to it; a new one is
+    asked again until it meets the server's rules."""
     if from_stdin:
         return _read_new_password(True)
     if not sys.stdin.isatty():
         raise CliError("no terminal to ask for the password on; use --password-stdin")
-    password: str = click.prompt("Password", hide_input=True, confirmation_prompt=confirm,
-                                 err=True)
+    hello = client.probe(options, _ask_trust if _interactive() else None)
+    if not new:
+        password: str = click.prompt("Password", hide_input=True, err=True)
+        return password
+    problem = client.registration_problem(hello, invite)
+    if problem is not None:
+        raise CliError(problem)
+    return _ask_new_password(username, client.password_policy(hello))
+
+
+def _ask_new_password(username: str, policy: PasswordPolicy) -> str:
+    """A new password typed twice, asked again while it breaks `policy`."""
+    def acceptable(password: str) -> str:
+        try:
+            policy.check(password, username)
+        except InvalidPassword as e:
+            raise click.UsageError(str(e)) from None
+        return password
+
+    password: str = click.prompt("Password", hide_input=True, confirmation_prompt=True,
+                                 value_proc=acceptable, err=True)
     return password
 
 
@@ -209,7 +233,7 @@ def register_command(settings: Settings, /, username: str, password_stdin: bool,
                      invite: str | None, **connection: Any) -> None:
     """Create an account on a server."""
     options = _client_options(settings, **connection)
-    password = _read_password(password_stdin, confirm=True)
+    password = _password_for(options, username, password_stdin, new=True, invite=invite)
     link = client.open_link(options, _ask_trust if _interactive() else None)
     try:
         welcome = client.register(link, username, password, invite)
@@ -233,7 +257,8 @@ def connect_command(settings: Settings, /, username: str, password_stdin: bool,
                     **connection: Any) -> None:
     """Log in and chat (scripting mode when not on a terminal)."""
     options = _client_options(settings, **connection)
-    password = _read_password(password_stdin, confirm=register_first)
+    password = _password_for(options, username, password_stdin, new=register_first,
+                             invite=invite)
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and not as_json
     printer = script.Printer(sys.stdout, as_json, username)
     chat = client.Chat(options, username, password, printer,
@@ -288,7 +313,7 @@ def users_add(settings: Settings, username: str, admin: bool, password_stdin: bo
     store = settings.store()
     if _exists(store, username):  # say so before asking for a password
         raise UsernameTaken(f"username taken: {username}")
-    password = _read_new_password(password_stdin)
+    password = _read_new_password(password_stdin, username, settings)
     user = store.create_user(username, password, role="admin" if admin else "user",
                              actor=_actor(), allow_reserved=True)
     click.echo(f"created {user.role} {user.username}")
@@ -330,7 +355,7 @@ def users_passwd(settings: Settings, username: str, password_stdin: bool) -> Non
     """Set an account's password."""
     store = settings.store()
     user = store.get_user(username)
-    password = _read_new_password(password_stdin)
+    password = _read_new_password(password_stdin, user.username, settings)
     store.set_password(user.username, password, actor=_actor())
     click.echo(f"password changed for {user.username}")
 
@@ -541,16 +566,19 @@ def _exists(store: Store, username: str) -> bool:
     return True
 
 
-def _read_new_password(from_stdin: bool) -> str:
+def _read_new_password(from_stdin: bool, username: str = "",
+                       settings: Settings | None = None) -> str:
+    """A new password from standard input (checked by whoever takes it), or
+    typed twice at a prompt that asks again while it breaks the policy."""
     if from_stdin:
         line = sys.stdin.readline()
         if not line:
             raise CliError("no password on standard input")
         return line.rstrip("\r\n")  # spaces are part of the password
-    if not sys.stdin.isatty():
+    if not sys.stdin.isatty() or settings is None:
         raise CliError("no terminal to ask for the password on; use --password-stdin")
-    password: str = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    return password
+    policy = PasswordPolicy(settings.config().auth.min_password_length)
+    return _ask_new_password(username, policy)
 
 
 _DURATION = re.compile(r"(\d{1,9})([smhdw])")

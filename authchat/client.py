@@ -39,6 +39,7 @@ from typing import Any
 
 from . import commands, protocol
 from .errors import AuthchatError, ErrorCode
+from .passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_FLOOR, PasswordPolicy
 from .protocol import FrameDecoder, ProtocolError
 from .roster import dm_peer
 from .sanitize import escape
@@ -318,36 +319,48 @@ def _open_self_signed(options: ClientOptions, confirm: Confirm | None,
     """Trust on first use: offered for a self-signed certificate on a server
     no authority vouched for, valid now and issued for the name connected to;
     pinned once the user trusts it."""
+    where = f"{options.host}:{options.port}"
     transport = _handshake(options, client_context(verify=False))
     try:
         der = transport.peer_certificate() or b""
         seen = fingerprint(der)
-        where = f"{options.host}:{options.port}"
-        if not is_self_signed(der):  # not what the verifying handshake saw: ask nothing
-            raise TrustError(f"the certificate of {where} does not verify. Connection refused")
-        # OpenSSL stops at "self-signed": the name and the dates are ours to check.
-        problem = self_signed_problem(der, options.host)
-        if problem == "another name":
-            raise TrustError(
-                f"the certificate of {where} is self-signed and was issued for "
-                f"{', '.join(certificate_names(der)) or 'no name'}, not {options.host}. "
-                "Connection refused; connect by one of those names, or pass --fingerprint "
-                "with the fingerprint the server's operator gives you")
-        if problem is not None:
-            raise _refused(options, problem)
-        if known is not None and known.vouched:
-            if known.vouched_fingerprint and same_fingerprint(seen, known.vouched_fingerprint):
-                # The very certificate an authority (a --cafile) vouched for before.
-                return Link(transport, seen)
-            raise _changed(where, "An authority vouched for it before (as "
-                                  f"{options.known_servers} notes); now it is self-signed, "
-                                  f"with fingerprint {seen}")
-        _ask_first_use(where, seen, confirm)
-        KnownServers(options.known_servers).remember(options.host, options.port, seen)
+        if _vouched_before(options, der, known):
+            return Link(transport, seen)
     except BaseException:
         transport.close()
         raise
-    return Link(transport, seen)
+    # A person may take minutes to check a fingerprint with the operator, and
+    # the server gives a login only seconds: ask with no connection open, then
+    # connect afresh, held to the fingerprint just trusted.
+    transport.close()
+    _ask_first_use(where, seen, confirm)
+    KnownServers(options.known_servers).remember(options.host, options.port, seen)
+    return _open_pinned(options, seen, where, pinned=True)
+
+
+def _vouched_before(options: ClientOptions, der: bytes, known: KnownServer | None) -> bool:
+    """True for the very certificate an authority (a --cafile) vouched for
+    before; False for one a person may be asked to trust; else TrustError."""
+    where = f"{options.host}:{options.port}"
+    seen = fingerprint(der)
+    if not is_self_signed(der):  # not what the verifying handshake saw: ask nothing
+        raise TrustError(f"the certificate of {where} does not verify. Connection refused")
+    # OpenSSL stops at "self-signed": the name and the dates are ours to check.
+    problem = self_signed_problem(der, options.host)
+    if problem == "another name":
+        raise TrustError(
+            f"the certificate of {where} is self-signed and was issued for "
+            f"{', '.join(certificate_names(der)) or 'no name'}, not {options.host}. "
+            "Connection refused; connect by one of those names, or pass --fingerprint "
+            "with the fingerprint the server's operator gives you")
+    if problem is not None:
+        raise _refused(options, problem)
+    if known is None or not known.vouched:
+        return False
+    if known.vouched_fingerprint and same_fingerprint(seen, known.vouched_fingerprint):
+        return True
+    raise _changed(where, f"An authority vouched for it before (as {options.known_servers} "
+                          f"notes); now it is self-signed, with fingerprint {seen}")
 
 
 def _ask_first_use(where: str, seen: str, confirm: Confirm | None) -> None:
@@ -384,6 +397,45 @@ def _changed(where: str, detail: str) -> TrustError:
         "refused; if the change is expected, pass --fingerprint or edit the known-servers file")
 
 
+def probe(options: ClientOptions, confirm: Confirm | None = None) -> dict[str, Any]:
+    """The server's `hello`, from a connection opened only to learn it and then
+    closed: whether the server is there and trusted, and its rules, all settled
+    before a person is asked for a password (the server gives a login only a
+    few seconds; a person may need more).
+
+    Raises:
+        TrustError, ClientError: as `open_link`.
+    """
+    link = open_link(options, confirm)
+    try:
+        link.send({"type": "quit"})
+    except OSError:
+        pass  # it was only a question; the answer came
+    finally:
+        link.close()
+    return link.hello
+
+
+def password_policy(hello: dict[str, Any]) -> PasswordPolicy:
+    """The rules the server's `hello` says a new password must meet."""
+    length = hello.get("min_password_length")
+    if not isinstance(length, int) or isinstance(length, bool):
+        length = MIN_PASSWORD_FLOOR  # an older server: only what every server holds
+    return PasswordPolicy(min(max(length, MIN_PASSWORD_FLOOR), MAX_PASSWORD_LENGTH))
+
+
+def registration_problem(hello: dict[str, Any], invite: str | None) -> str | None:
+    """Why this server will refuse to register an account, as far as its
+    `hello` tells; None if it may accept one."""
+    mode = hello.get("registration")
+    if mode == "closed":
+        return ERROR_TEXT[ErrorCode.REGISTRATION_CLOSED]
+    if mode == "invite" and not invite:
+        return ("the server accepts new accounts only with an invite: pass --invite TOKEN "
+                "(an admin makes one with `authchat invites create`)")
+    return None
+
+
 def _authenticate(link: Link, frame: dict[str, Any], timeout: float) -> dict[str, Any]:
     link.send(frame)
     while True:
@@ -405,7 +457,16 @@ def login(link: Link, username: str, password: str,
 
 def register(link: Link, username: str, password: str, invite: str | None = None,
              timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
-    """Create the account and log in; returns the welcome frame."""
+    """Create the account and log in; returns the welcome frame.
+
+    The password is checked against the rules of the server's `hello` before
+    it is sent, so that it is refused in the same words as `users add` uses.
+
+    Raises:
+        InvalidPassword: the password breaks those rules.
+        ServerError: the server refused (`registration_closed`, `username_taken`, …).
+    """
+    password_policy(link.hello).check(password, username)
     frame = {"type": "register", "username": username, "password": password}
     if invite:
         frame["invite"] = invite
@@ -416,10 +477,16 @@ def register(link: Link, username: str, password: str, invite: str | None = None
 
 @dataclass(frozen=True)
 class Notice:
-    """Something the client itself has to say: `lost`, `reconnecting`, `back`, `ended`."""
+    """Something the client itself has to say: `lost`, `reconnecting`, `back`,
+    `missed` (more was said while away than the server gives back), `ended`.
+
+    An `ended` that the server's error frame caused carries that frame, so that
+    scripting mode can print it; front ends show only the notice.
+    """
 
     kind: str
     text: str
+    frame: dict[str, Any] | None = field(default=None, compare=False)
 
 
 Event = dict[str, Any] | Notice
@@ -459,6 +526,10 @@ class Chat:
         self._pending_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._oldest: dict[str, int] = {}  # conversation ("" the room) -> oldest id seen
+        # The newest room message shown: after a reconnect the server gives the
+        # last ones again, and only those after it are news.
+        self._newest_in_room = 0
+        self._first_replay_after_reconnect = False
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
 
@@ -577,20 +648,21 @@ class Chat:
 
     def _read_loop(self) -> None:
         while True:
-            reason = self._pump()
+            final = self._pump()
             self._fail_pending()
             if self._closing:
                 self._end("closed")
                 return
-            if reason is not None:  # the server told us why, and it is final
-                self._end(reason)
+            if final is not None:  # the server told us why, and it is final
+                self._end(describe_error(final), final)
                 return
             if not self.reconnect or not self._reconnect():
                 self._end("connection lost")
                 return
 
-    def _pump(self) -> str | None:
-        """Deliver frames until the link drops; a final reason if the server gave one."""
+    def _pump(self) -> dict[str, Any] | None:
+        """Deliver frames until the link drops; the server's error frame if it
+        ended the session for good."""
         link = self._link
         assert link is not None
         pinged = False
@@ -619,7 +691,7 @@ class Chat:
             self.on_event(Notice("lost", "connection lost"))
         return None
 
-    def _handle(self, link: Link, frame: dict[str, Any]) -> str | None:
+    def _handle(self, link: Link, frame: dict[str, Any]) -> dict[str, Any] | None:
         kind = frame.get("type")
         if kind == "ping":
             link.send(protocol.pong())
@@ -632,12 +704,32 @@ class Chat:
                 pending.reply = frame
                 pending.done.set()
                 return None
+        if kind == "error" and frame.get("code") in FINAL_CODES:
+            return frame  # said once, by the notice that the session ended
+        if kind == "message" and not self._is_news(frame):
+            return None
         if kind in ("message", "dm"):
             self._note_oldest(frame)
         self.on_event(frame)
-        if kind == "error" and frame.get("code") in FINAL_CODES:
-            return describe_error(frame)
         return None
+
+    def _is_news(self, frame: dict[str, Any]) -> bool:
+        """False for a room message this session has shown already (given
+        again after a reconnect); says so if the replay leaves a gap."""
+        msg_id = frame.get("id")
+        if not isinstance(msg_id, int) or isinstance(msg_id, bool):
+            return True
+        replayed = frame.get("history") is True
+        if replayed and self._first_replay_after_reconnect:
+            self._first_replay_after_reconnect = False
+            if msg_id > self._newest_in_room > 0:  # nothing shown is among the ones given
+                self.on_event(Notice("missed", "more was said while you were away than the "
+                                               "server gives back: only the last messages "
+                                               "follow"))
+        if replayed and msg_id <= self._newest_in_room:
+            return False
+        self._newest_in_room = max(self._newest_in_room, msg_id)
+        return True
 
     def _reconnect(self) -> bool:
         delay = BACKOFF_START_S
@@ -649,7 +741,7 @@ class Chat:
                 self._link, self.welcome = self._connect()
             except ServerError as e:
                 if e.code_text in FINAL_CODES:
-                    self._end(str(e))
+                    self._end(str(e), e.frame)
                     return False
                 if isinstance(e.retry_after, (int, float)):
                     delay = max(delay, float(e.retry_after))
@@ -663,6 +755,7 @@ class Chat:
                     self._link.close()
                     self._link = None
                     return False
+                self._first_replay_after_reconnect = True
                 self.on_event(Notice("back", "reconnected"))
                 self.on_event(self.welcome)
                 return True
@@ -674,9 +767,9 @@ class Chat:
             for pending in self._pending.values():
                 pending.done.set()
 
-    def _end(self, reason: str) -> None:
+    def _end(self, reason: str, frame: dict[str, Any] | None = None) -> None:
         if not self.ended.is_set():
             self.end_reason = reason
             if not self._closing:  # a goodbye the user asked for needs no notice
-                self.on_event(Notice("ended", reason))
+                self.on_event(Notice("ended", reason, frame))
             self.ended.set()

@@ -45,8 +45,13 @@ class Printer:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, Notice) and self.as_json:
-            complain(event.text)
-            return
+            if event.frame is not None:  # the server's own words, as it sent them
+                event = event.frame
+            elif event.kind != "ended":  # `run` says why the session ended
+                complain(event.text)
+                return
+            else:
+                return
         line = escape_json(json.dumps(event, ensure_ascii=False, separators=(",", ":"))) \
             if self.as_json and isinstance(event, dict) else plain(render(event, self.me))
         if line:

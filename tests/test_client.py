@@ -19,7 +19,7 @@ from authchat.tls import CERT_FILENAME, KnownServers
 
 from conftest import GOOD_PASSWORD, cli_env
 from helpers import CertificateAuthority, Client, ServerProcess, add_user, eventually, \
-    run_in_pty, start_server
+    logged_in, run_in_pty, start_server
 
 OTHER_PASSWORD = "an entirely different phrase"
 
@@ -87,7 +87,7 @@ def test_register_over_the_network(tls_server: Any, client_env: dict[str, str]) 
 
 @pytest.mark.parametrize("name, password, fragment", [
     ("ALICE", GOOD_PASSWORD, "that username is taken"),
-    ("carol", "too short", "that password is not allowed (password must be at least 15"),
+    ("carol", "too short", "Error: password must be at least 15 characters"),
     ("admin", GOOD_PASSWORD, "that username is not allowed"),
 ])
 def test_register_errors_are_one_clear_line(tls_server: Any, client_env: dict[str, str],
@@ -102,6 +102,74 @@ def test_register_when_registration_is_closed(servers: Any, client_env: dict[str
     result = authchat(client_env, "register", "carol", *target(server, "--password-stdin"),
                       input=GOOD_PASSWORD + "\n")
     one_line_error(result, "the server does not accept new accounts")
+
+
+def test_a_new_password_is_checked_with_the_servers_rules_before_it_is_sent(
+        servers: Any, client_env: dict[str, str]) -> None:
+    server = servers(tls__enabled=True, auth__min_password_length=40)
+    result = authchat(client_env, "register", "carol", *target(server, "--password-stdin"),
+                      input=GOOD_PASSWORD + "\n")
+    # The words of `users add`, with the length this server's hello gave: the
+    # server's own refusal would read "that password is not allowed (…)".
+    assert result.stderr == "Error: password must be at least 40 characters\n"
+    assert result.returncode == 1
+
+
+def test_register_asks_for_trust_then_a_password_until_it_meets_the_rules(
+        tmp_path: Path, client_env: dict[str, str]) -> None:
+    server = start_server(tmp_path / "server", tls__enabled=True)
+    good, short = GOOD_PASSWORD.encode() + b"\r", b"too short\r"
+    try:
+        status, screen = run_in_pty(["register", "dave", "--port", str(server.address[1])],
+                                    client_env, [
+            (b"remember it? [y/N]: ", b"y\r"),
+            (b"Password: ", short),  # refused here, before anything is sent...
+            (b"Password: ", good), (b"confirmation: ", good)])  # ...and asked again
+        assert status == 0, screen
+        assert "Error: password must be at least 15 characters" in screen
+        assert screen.index("remember it?") < screen.index("Password: ")
+        assert "registered dave" in screen
+        assert server.store.authenticate("dave", GOOD_PASSWORD)
+    finally:
+        server.shutdown()
+
+
+def test_nothing_is_asked_before_the_server_answers_and_accepts_accounts(
+        servers: Any, client_env: dict[str, str], tls_server: Any) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as nobody:  # a port where no one answers
+        closed_port = nobody.getsockname()[1]
+    status, screen = run_in_pty(["connect", "alice", "--port", str(closed_port)], client_env,
+                                [(b"Password: ", GOOD_PASSWORD.encode() + b"\r")])
+    assert status == 1 and "cannot connect to 127.0.0.1:" in screen, screen
+    assert "Password" not in screen
+    invited = servers(tls__enabled=True, server__registration="invite")
+    status, screen = run_in_pty(["register", "carol", *target(invited)], client_env,
+                                [(b"Password: ", GOOD_PASSWORD.encode() + b"\r")])
+    assert status == 1 and "only with an invite: pass --invite" in screen, screen
+    assert "Password" not in screen
+
+
+def test_trusting_slowly_does_not_cost_the_login(servers: Any, tmp_path: Path) -> None:
+    """The server gives a login half a second here; the person at the trust
+    question takes until the server has no connection of theirs left open."""
+    server = servers(tls__enabled=True, limits__handshake_timeout_s=0.5)
+    add_user(server, "alice")
+    held_while_asking: list[int] = []
+
+    def slow_person(where: str, seen: str) -> bool:
+        assert eventually(lambda: server.connection_count() == 0, timeout=10)
+        held_while_asking.append(server.connection_count())
+        return True
+
+    chat = Chat(ClientOptions(port=server.address[1], known_servers=tmp_path / "known"),
+                "alice", GOOD_PASSWORD, lambda event: None, confirm=slow_person)
+    try:
+        assert chat.start()["type"] == "welcome"
+    finally:
+        chat.close()
+    assert held_while_asking == [0]
+    assert KnownServers(tmp_path / "known").get("127.0.0.1", server.address[1]) == \
+        server.fingerprint
 
 
 # -- trust ------------------------------------------------------------------------
@@ -138,10 +206,12 @@ def test_trust_on_first_use_then_pinned_then_changed(tmp_path: Path,
         port = server.address[1]
         password = GOOD_PASSWORD.encode() + b"\r"
         status, screen = run_in_pty(["register", "dave", "--port", str(port)], client_env, [
-            (b"Password: ", password), (b"confirmation: ", password),
-            (b"remember it? [y/N]: ", b"y\r")])
+            (b"remember it? [y/N]: ", b"y\r"),
+            (b"Password: ", password), (b"confirmation: ", password)])
         assert status == 0, screen
         assert server.fingerprint in screen and "registered dave" in screen
+        # Trust is settled before the password is asked for (the login clock runs).
+        assert screen.index("remember it?") < screen.index("Password: ")
         pinned = KnownServers(known_servers_file(tmp_path)).get("127.0.0.1", port)
         assert pinned == server.fingerprint
         # pinned: a script now connects without any trust flag
@@ -161,15 +231,17 @@ def test_trust_on_first_use_then_pinned_then_changed(tmp_path: Path,
         status, screen = run_in_pty(["connect", "dave", "--port", str(port)], client_env, [
             (b"Password: ", GOOD_PASSWORD.encode() + b"\r")])
         assert status != 0 and "HAS CHANGED" in screen and "[y/N]" not in screen
+        assert "Password" not in screen  # refused before a password was asked for
     finally:
         other.shutdown()
 
 
 def test_refusing_to_trust(tls_server: Any, client_env: dict[str, str], tmp_path: Path) -> None:
     status, screen = run_in_pty(["connect", "alice", "--port", str(tls_server.address[1])],
-                                client_env, [(b"Password: ", GOOD_PASSWORD.encode() + b"\r"),
-                                             (b"remember it? [y/N]: ", b"n\r")])
+                                client_env, [(b"remember it? [y/N]: ", b"n\r"),
+                                             (b"Password: ", GOOD_PASSWORD.encode() + b"\r")])
     assert status == 1 and "not trusting" in screen
+    assert "Password" not in screen  # no password is asked for a server not trusted
     assert not known_servers_file(tmp_path).exists()
 
 
@@ -326,8 +398,9 @@ def test_register_and_connect_follow_the_same_trust_rules(
     try:
         # A trust question is answered, should one come, so that the test fails, not hangs.
         status, screen = run_in_pty(["connect", "dave", "--port", str(port)], env, [
-            (b"Password: ", password), (b"[y/N]: ", b"n\r")])
+            (b"[y/N]: ", b"n\r"), (b"Password: ", password)])
         assert status != 0 and "HAS CHANGED" in screen and "[y/N]" not in screen, screen
+        assert "Password" not in screen, screen
     finally:
         impostor.shutdown()
     expired = ca_signed_server(tmp_path / "expired",
@@ -335,8 +408,9 @@ def test_register_and_connect_follow_the_same_trust_rules(
     try:
         status, screen = run_in_pty(["register", "erin", "--port", str(port),
                                      "--host", "localhost"], env, [
-            (b"Password: ", password), (b"confirmation: ", password), (b"[y/N]: ", b"n\r")])
+            (b"[y/N]: ", b"n\r"), (b"Password: ", password), (b"confirmation: ", password)])
         assert status != 0 and "has expired" in screen and "[y/N]" not in screen, screen
+        assert "Password" not in screen, screen
     finally:
         expired.shutdown()
 
@@ -423,8 +497,10 @@ def test_kicked_ends_a_script_with_the_reason(servers: Any, client_env: dict[str
     admin.expect("ok")
     alice.wait(timeout=30)  # it ends by itself, its input still open
     err = alice.stderr.read() if alice.stderr else ""
+    out = alice.stdout.read()
     alice.stdin.close()
     assert alice.returncode == 1 and "removed from the server (kicked by root: testing)" in err
+    assert out.count("kicked by root: testing") == 1, out  # said once, not as error and notice
 
 
 # -- reconnecting ---------------------------------------------------------------------
@@ -460,6 +536,67 @@ def test_reconnects_after_a_server_restart(tmp_path: Path, run_cli: Any, home: P
     finally:
         chat.close()
         server.kill()
+
+
+def test_after_a_reconnect_only_what_was_not_shown_is_shown(tmp_path: Path) -> None:
+    home = tmp_path / "server"
+    server = start_server(home, history__on_join=3)
+    add_user(server, "alice")
+    add_user(server, "bob")
+    port = server.address[1]
+
+    def bob_says(on: Any, *texts: str) -> None:
+        bob = logged_in(on, "bob")
+        for text in texts:
+            bob.send({"type": "say", "text": text})
+            while not (frame := bob.recv()).get("text") == text or frame.get("history"):
+                pass  # what bob is given at login
+        bob.close()
+
+    bob_says(server, "one", "two")
+    events: list[Any] = []
+    arrived = threading.Condition()
+
+    def on_event(event: Any) -> None:
+        with arrived:
+            events.append(event)
+            arrived.notify_all()
+
+    def wait_for(wanted: Any) -> None:
+        with arrived:
+            assert arrived.wait_for(lambda: any(wanted(e) for e in events), 20), events
+
+    def said(text: str) -> Any:
+        return lambda e: isinstance(e, dict) and e.get("text") == text
+
+    chat = Chat(ClientOptions(port=port, tls=False, known_servers=tmp_path / "known"),
+                "alice", GOOD_PASSWORD, on_event)
+    try:
+        chat.start()
+        wait_for(said("two"))
+        server.shutdown()
+        # A restart with nothing said meanwhile: the server gives "one" and
+        # "two" again, and they are not shown again.
+        server = start_server(home, history__on_join=3, server__port=port)
+        wait_for(is_notice("back"))
+        bob_says(server, "three")
+        wait_for(said("three"))
+        server.shutdown()
+        # More is said while alice is away than the server gives back (3).
+        elsewhere = start_server(home, history__on_join=3)
+        bob_says(elsewhere, "four", "five", "six", "seven")
+        elsewhere.shutdown()
+        server = start_server(home, history__on_join=3, server__port=port)
+        wait_for(said("seven"))
+    finally:
+        chat.close()
+        server.shutdown()
+    texts = [e["text"] for e in events if isinstance(e, dict) and e.get("type") == "message"]
+    assert texts == ["one", "two", "three", "five", "six", "seven"]
+    missed = [e for e in events if isinstance(e, Notice) and e.kind == "missed"]
+    assert len(missed) == 1 and "only the last messages" in missed[0].text
+    # The notice comes before what the server gave back, after the reconnect.
+    assert events.index(missed[0]) < next(n for n, e in enumerate(events) if said("five")(e))
 
 
 def test_a_drop_ends_a_script_with_status_3(run_cli: Any, home: Path,
