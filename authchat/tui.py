@@ -3,14 +3,17 @@
 The input line stays at the bottom and is never garbled: events from the
 reader thread are printed with print_formatted_text, which prompt_toolkit
 draws above a running prompt (it hands the drawing to the prompt's own event
-loop). Up/down walk the history of this run; Ctrl-D, Ctrl-C or /quit leave.
-A bottom bar shows who you are, where, and whether the connection is up.
+loop). Up/down walk the history of this run; /quit, or Ctrl-D on an empty
+line, leaves. Ctrl-C keeps what is typed and says how to leave, as irssi and
+WeeChat do (a second Ctrl-C straight after leaves too). A bottom bar shows who
+you are, where, and whether the connection is up.
 
 UI only: connecting, reconnecting and the protocol are client.py's.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +21,7 @@ from prompt_toolkit import PromptSession, print_formatted_text
 from prompt_toolkit.application import Application
 from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.history import InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.styles import Style
 
 from .client import Chat, ClientError, Event, Notice
@@ -26,14 +30,33 @@ from .display import CONNECTION_STATE, STYLE, render
 
 style = Style.from_dict(STYLE | {"bottom-toolbar": "noreverse #aaaaaa bg:#222222"})
 
+HOW_TO_LEAVE = "*** to leave, type /quit or press Ctrl-D on an empty line (or Ctrl-C again)"
+SECOND_INTERRUPT_S = 2.0  # a Ctrl-C this soon after the first one leaves
+
 
 class Screen:
     """The terminal front end of one Chat."""
 
     def __init__(self, chat: Chat) -> None:
         self.chat = chat
-        self.session: PromptSession[str] = PromptSession(history=InMemoryHistory())
+        self.session: PromptSession[str] = PromptSession(history=InMemoryHistory(),
+                                                         key_bindings=self._keys())
         self.status = "connected"
+        self._interrupted_at = -SECOND_INTERRUPT_S
+
+    def _keys(self) -> KeyBindings:
+        keys = KeyBindings()
+        keys.add("c-c")(self._interrupt)
+        return keys
+
+    def _interrupt(self, event: KeyPressEvent) -> None:
+        """Ctrl-C: a line half typed is not thrown away by a reflex; say how to leave."""
+        now = time.monotonic()
+        if now - self._interrupted_at < SECOND_INTERRUPT_S:
+            event.app.exit(exception=KeyboardInterrupt())
+            return
+        self._interrupted_at = now
+        self.note(HOW_TO_LEAVE)
 
     def show(self, event: Event) -> None:
         """Print one event above the prompt; safe from any thread."""

@@ -14,7 +14,7 @@ import pytest
 from authchat.tls import CERT_FILENAME
 
 from conftest import GOOD_PASSWORD, cli_env
-from helpers import Client, add_user, start_server
+from helpers import Client, add_user, eventually, start_server
 
 pytestmark = pytest.mark.skipif(
     shutil.which("tmux") is None,
@@ -37,6 +37,10 @@ class Tmux:
 
     def screen(self) -> str:
         return self._tmux("capture-pane", "-p", "-t", "chat")
+
+    def everything(self) -> str:
+        """All the pane has shown, scrolled-off lines included."""
+        return self._tmux("capture-pane", "-p", "-S", "-", "-t", "chat")
 
     def wait_for(self, text: str, timeout: float = 15) -> str:
         """The screen once it shows `text`; fails with the screen if it never does."""
@@ -139,4 +143,102 @@ def test_chatting_in_a_real_terminal(tmp_path: Path) -> None:
         term.kill()
         if bob is not None:
             bob.close()
+        server.shutdown()
+
+
+def wait_exited(term: Tmux) -> None:
+    deadline = time.monotonic() + 10
+    while not term.exited():
+        assert time.monotonic() < deadline, term.screen()
+        time.sleep(0.05)
+
+
+def authchat_in(tmp_path: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "authchat", *args]
+
+
+def client_env(tmp_path: Path) -> dict[str, str]:
+    return cli_env(tmp_path / "client", XDG_CONFIG_HOME=str(tmp_path / "xdg"),
+                   TERM="xterm-256color")
+
+
+@pytest.mark.slow
+def test_a_slow_trust_answer_then_a_password_checked_before_it_is_sent(tmp_path: Path) -> None:
+    """Trust is asked before the password and costs no login however long it
+    takes; a password that breaks the rules is asked again, never sent."""
+    server = start_server(tmp_path / "server", tls__enabled=True,
+                          limits__handshake_timeout_s=1.0)
+    port = str(server.address[1])
+    env = client_env(tmp_path)
+    term = Tmux(tmp_path, authchat_in(tmp_path, "register", "carol", "--port", port), env)
+    try:
+        screen = term.wait_for("remember it? [y/N]")
+        assert server.fingerprint in screen and "Password" not in screen
+        # The person checks the fingerprint with the operator: meanwhile the
+        # server holds no connection of theirs whose login clock could run out.
+        assert eventually(lambda: server.connection_count() == 0, timeout=10)
+        term.type("y")
+        term.wait_for("Password:")
+        term.type("too short")
+        term.wait_for("Error: password must be at least 15 characters")
+        term.type(GOOD_PASSWORD)
+        term.wait_for("Repeat for confirmation:")
+        term.type(GOOD_PASSWORD)
+        term.wait_for(f"registered carol on 127.0.0.1:{port}")
+        assert GOOD_PASSWORD not in term.everything()
+        assert server.store.authenticate("carol", GOOD_PASSWORD)
+    finally:
+        term.kill()
+        server.shutdown()
+
+
+@pytest.mark.slow
+def test_a_restart_repeats_nothing_and_an_end_is_said_once(tmp_path: Path) -> None:
+    home = tmp_path / "server"
+    server = start_server(home, tls__enabled=True)
+    port = server.address[1]
+    add_user(server, "alice")
+    add_user(server, "bob")
+    bob = Client(server.address, cafile=home / CERT_FILENAME)
+    bob.login("bob")
+    bob.send({"type": "say", "text": "said before alice came"})
+    bob.expect("message")
+    bob.close()
+    term = Tmux(tmp_path, authchat_in(tmp_path, "connect", "alice", "--port", str(port),
+                                      "--fingerprint", server.fingerprint), client_env(tmp_path))
+    try:
+        term.wait_for("Password:")
+        term.type(GOOD_PASSWORD)
+        term.wait_for("<bob> said before alice came")
+        term.type("said by alice")
+        term.wait_for("<alice> said by alice")
+
+        server.shutdown()
+        term.wait_for("reconnecting in")
+        server = start_server(home, tls__enabled=True, server__port=port)
+        term.wait_for("reconnected", timeout=30)
+        term.type("after the restart")
+        shown = term.wait_for("<alice> after the restart")
+        everything = term.everything()
+        # The server gives the last messages again; none is shown twice.
+        assert everything.count("said before alice came") == 1, everything
+        assert everything.count("<alice> said by alice") == 1, everything
+
+        # Ctrl-C keeps the line typed so far, and says how to leave.
+        term.type("half a thought", enter=False)
+        term.wait_for("> half a thought")
+        term.key("C-c")
+        shown = term.wait_for("to leave, type /quit")
+        assert input_line(shown) == "> half a thought" and not term.exited()
+        term.key("C-u")
+
+        # An admin disables the account: it is said once, in one sentence.
+        server.store.set_disabled("alice", True, actor="test")
+        term.wait_for("this account is disabled", timeout=20)
+        wait_exited(term)
+        everything = term.everything()
+        assert everything.count("account is disabled") == 1, everything
+        assert "has been disabled" not in everything
+    finally:
+        term.kill()
         server.shutdown()
