@@ -109,6 +109,13 @@ class Gui:
         self.type_into(self.view.entry, text)
         self.press(self.view.entry, "<Return>")
 
+    def click(self, widget: tk.Misc) -> None:
+        """Click the middle of `widget` with the first button, as the mouse would."""
+        where = {"x": widget.winfo_width() // 2, "y": widget.winfo_height() // 2}
+        for event in ("<Enter>", "<ButtonPress-1>", "<ButtonRelease-1>"):
+            widget.event_generate(event, **where)
+        self.root.update()
+
     def click_user(self, name: str, button: int = 1, clicks: int = 1) -> None:
         """Click on `name` in the user list, as the mouse would."""
         users = self.view.users
@@ -298,6 +305,40 @@ def assert_is_a_picture_of(window: tk.Misc, path: Path) -> None:
         assert width == window.winfo_width() and height >= window.winfo_height()
         colours = picture.convert("RGB").getcolors(maxcolors=1 << 16)
         assert colours is None or len(colours) > 50, "the screenshot is blank"
+
+
+def test_the_connect_form_s_boxes_show_their_real_state(gui: Callable[..., Gui],
+                                                        servers: Callable[..., object]) -> None:
+    server = servers()
+    add_user(server, "alice")
+    window = gui(server.address[1], tls=True)
+    form = window.app.form
+    assert form is not None
+    window.wait_for(lambda: form.create.winfo_ismapped() and form.tls.winfo_ismapped(),
+                    "the form drawn")
+    window.root.update()
+
+    def looks(box: Any) -> str:  # as the theme draws it
+        return "half-ticked" if box.instate(["alternate"]) else \
+            "ticked" if box.instate(["selected"]) else "empty"
+
+    assert (looks(form.create), looks(form.tls)) == ("empty", "ticked")
+    window.click(form.create)
+    assert (looks(form.create), looks(form.tls)) == ("ticked", "ticked")
+    assert form.button.cget("text") == "Create account"
+    window.click(form.create)
+    window.click(form.tls)
+    assert (looks(form.create), looks(form.tls)) == ("empty", "empty")
+    assert form.button.cget("text") == "Log in"
+    window.click(form.tls)
+    assert (looks(form.create), looks(form.tls)) == ("empty", "ticked")
+    # What the boxes show is what the form does: log in (not create), over TLS.
+    window.log_in()
+    window.dialog("Could not connect").buttons["OK"].invoke()  # this server is plaintext
+    window.click(form.tls)
+    window.log_in()
+    window.wait_for(lambda: window.app.view is not None and "logged in as alice"
+                    in window.room(), "logged in")
 
 
 def test_wrong_password_and_taken_name_are_said_plainly(gui: Callable[..., Gui],

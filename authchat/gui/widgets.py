@@ -178,10 +178,18 @@ class ConnectForm(ttk.Frame):
         return entry
 
     def _box(self, row: int, text: str, on: bool) -> ttk.Checkbutton:
-        box = ttk.Checkbutton(self, text=text)  # its state is the value: no tk.Variable
-        box.state(["!alternate", "selected" if on else "!selected"])
+        box = ttk.Checkbutton(self, text=text, onvalue=1, offvalue=0)
+        # A box draws what its variable holds, and every configure() looks again:
+        # left unset, the variable made the box half-ticked ("alternate"). So its
+        # variable (a Tcl one named after the box; a tk.Variable is a Python
+        # object of Tcl's, see above) is set from the start.
+        self.setvar(self._variable(box), "1" if on else "0")
         box.grid(row=row, column=1, sticky="w", pady=(8, 0) if row == 5 else 0)
         return box
+
+    @staticmethod
+    def _variable(box: ttk.Checkbutton) -> str:
+        return str(box.cget("variable"))
 
     def value(self, label: str) -> str:
         return str(self.entries[label].get())
@@ -220,6 +228,12 @@ class ConnectForm(ttk.Frame):
 
     def forget_password(self) -> None:
         self.entries["Password"].delete(0, "end")
+
+    def destroy(self) -> None:
+        names = [self._variable(box) for box in (self.create, self.tls)]
+        super().destroy()
+        for name in names:  # global variables outlive their box
+            self.tk.call("unset", "-nocomplain", name)
 
 
 class Conversation(Timed, ttk.Frame):
