@@ -531,6 +531,7 @@ def test_being_kicked_is_explained_and_you_can_log_in_again(gui: Callable[..., G
         assert "you were removed from the server" in ended.message.cget("text")
         assert view.status.cget("text").startswith("disconnected: you were removed")
         assert str(view.entry.cget("state")) == "disabled"
+        assert_lists_no_one(view)  # boss is still online, but we no longer hear of it
         ended.buttons["Log in again"].invoke()
         form = window.wait_for(lambda: window.app.form, "the connect form")
         assert form.value("Username") == "alice" and form.value("Password") == ""
@@ -552,21 +553,37 @@ def test_reconnects_with_backoff_after_the_server_restarts(gui: Callable[..., Gu
     window = gui(port)
     window.log_in()
     view = window.view
+    bob = Client(server.address)
     try:
+        bob.login("bob")
+        window.wait_for(lambda: view.listed == ["alice", "bob"], "bob online")
         server.shutdown()
         window.wait_for(lambda: "the server is shutting down" in window.room(), "the reason")
         window.wait_for(lambda: view.status.cget("text").startswith("reconnecting in"),
                         "the status bar saying it reconnects")
+        # Not connected, the window cannot know who is online: it lists no one.
+        assert_lists_no_one(view)
+        bob.close()
         server = start_server(home, server__port=port)
         window.wait_for(lambda: "reconnected" in window.room(), "back", timeout=30)
         window.wait_for(lambda: view.status.cget("text") == "connected", "status: connected")
+        # The new session's welcome says who is online: alice, bob is not back.
+        window.wait_for(lambda: view.listed == ["alice"], "the list refilled")
+        assert view.online.cget("text") == "Online: 1"
+        assert view.users.get(0, "end") == ("alice (you)",)
         bob = Client(server.address)
         bob.login("bob")
+        window.wait_for(lambda: view.listed == ["alice", "bob"], "bob back on the list")
         window.say("still here")
         bob.expect("message", text="still here", **{"from": "alice"})
-        bob.close()
     finally:
+        bob.close()
         server.shutdown()
+
+
+def assert_lists_no_one(view: ChatView) -> None:
+    assert view.listed == [] and view.users.get(0, "end") == ()
+    assert view.online.cget("text") == "Online: — (not connected)"
 
 
 @pytest.mark.slow

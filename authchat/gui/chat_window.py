@@ -37,6 +37,7 @@ class ChatView(Timed, ttk.Frame):
         self.me = chat.username
         self.role = str(chat.welcome.get("role", "user"))
         self.roster = Roster()
+        self.connected = True  # logged in; while not, no one is listed as online
         self.listed: list[str] = []  # the names in the user list, in its order
         self._listing = False
         self.conversations: dict[str, Conversation] = {}
@@ -188,9 +189,8 @@ class ChatView(Timed, ttk.Frame):
         if isinstance(event, Notice):
             self._notice(event)
             return
-        if self.roster.apply(event) and not self._listing:
-            self._listing = True  # once a batch, however many joined: 2,000 at a restart
-            self.later(None, self._list_users)
+        if self.roster.apply(event):
+            self._relist()
         kind = event.get("type")
         if kind == "welcome":
             self._welcomed(event)
@@ -212,6 +212,8 @@ class ChatView(Timed, ttk.Frame):
     def _welcomed(self, welcome: Reply) -> None:
         self.me = str(welcome.get("username", self.me))
         self.role = str(welcome.get("role", self.role))
+        self.connected = True
+        self._relist()  # who the welcome names
         self.status.configure(text="connected", foreground=TONES["info"])
         self._show_security_state()  # after a reconnect, the new link's
         self._ask_roles()
@@ -227,6 +229,8 @@ class ChatView(Timed, ttk.Frame):
                    self._after_end, tone="error")
         tone = "info" if notice.kind == "back" else "error"
         self.status.configure(text=escape(state), foreground=TONES[tone])
+        if notice.kind != "back":  # the welcome that follows "back" says who is online
+            self._not_connected()
         self.conversations[""].add(render(notice, self.me))
 
     def _after_end(self, button: str | None, _: list[str]) -> None:
@@ -234,6 +238,17 @@ class ChatView(Timed, ttk.Frame):
             self._log_out()
 
     # -- the user list ---------------------------------------------------------
+
+    def _not_connected(self) -> None:
+        """Lost, reconnecting or ended: whoever was online may have left since."""
+        self.connected = False
+        self.roster = Roster()
+        self._list_users()
+
+    def _relist(self) -> None:
+        if not self._listing:
+            self._listing = True  # once a batch, however many joined: 2,000 at a restart
+            self.later(None, self._list_users)
 
     def _list_users(self) -> None:
         self._listing = False
@@ -243,15 +258,18 @@ class ChatView(Timed, ttk.Frame):
             marks = [m for m, on in (("admin", self.roster.role(name) == "admin"),
                                      ("you", name.casefold() == self.me.casefold())) if on]
             self.users.insert("end", escape(name) + (f" ({', '.join(marks)})" if marks else ""))
-        self.online.configure(text=f"Online: {len(self.listed)}")
+        self.online.configure(text=f"Online: {len(self.listed)}" if self.connected
+                              else "Online: — (not connected)")
 
     def _ask_roles(self) -> None:
         """The welcome names who is online; one `who` says who of them are admins
         (joins say it themselves). It costs one request of the rate limit."""
-        self.request(who(), self._got_roles, lambda _: None)
+        self.request(who(), self._roster_reply, lambda _: None)
 
-    def _got_roles(self, reply: Reply) -> None:
-        if self.roster.apply(reply):
+    def _roster_reply(self, reply: Reply) -> None:
+        # A reply read just before the link dropped can be handed over just
+        # after the notice that it did: it no longer says who is online.
+        if self.connected and self.roster.apply(reply):
             self._list_users()
 
     def _name_at(self, y: int) -> str | None:
@@ -354,8 +372,8 @@ class ChatView(Timed, ttk.Frame):
             conversation.add(render(reply, self.me))
         if reply.get("type") == "error":
             self._put_back(conversation, typed)
-        elif reply.get("type") == "who" and self.roster.apply(reply):
-            self._list_users()
+        elif reply.get("type") == "who":
+            self._roster_reply(reply)
 
     def _failed(self, conversation: Conversation, typed: str, error: Exception) -> None:
         conversation = self._still_open(conversation)
