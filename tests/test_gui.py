@@ -8,6 +8,7 @@ the last one runs `authchat gui` as a process and types into it with xdotool.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -280,6 +281,65 @@ def test_log_in_chat_dm_presence_and_screenshot(gui: Callable[..., Gui], display
             if client is not None:
                 client.close()
         server.shutdown()
+
+
+def test_the_status_bar_fits_the_smallest_window(gui: Callable[..., Gui],
+                                                 servers: Callable[..., object]) -> None:
+    server = servers(tls__enabled=True)
+    name = "alexandra.konstantinopoulou_2024"  # as long as a name can be
+    add_user(server, name)
+    window = gui(server.address[1], username=name, tls=True)
+    window.log_in()
+    window.dialog("Trust this server?").buttons["Trust"].invoke()
+    view = window.view
+    where = f"{name} @ 127.0.0.1:{server.address[1]}"
+    short = f"TLS, SHA-256 {server.fingerprint[:23]}…"
+    assert re.fullmatch(r"TLS, SHA-256 ([0-9A-F]{2}:){7}[0-9A-F]{2}…", short)
+
+    window.root.geometry("640x420")  # the smallest it can be made
+    window.wait_for(lambda: view.winfo_width() == 640, "the window made small")
+    assert_whole_and_in_view(view)
+    assert view.security.cget("text") == short
+    assert view.status.cget("text") == "connected"
+    cut = view.where.cget("text")  # the least needed: the title says it too
+    assert cut.endswith("…") and where.startswith(cut[:-1]) and len(cut) > 10
+    # A long state, such as a reason for ending, gives way too, after a whole
+    # character, but the security part does not.
+    long_state = f"disconnected: {'a long reason ' * 20}"
+    view.show_status(long_state, "error")
+    window.root.update()
+    assert_whole_and_in_view(view)
+    assert view.security.cget("text") == short and view.where.cget("text") == ""
+    cut = view.status.cget("text")
+    assert cut.endswith("…") and long_state.startswith(cut[:-1]) and len(cut) > 20
+    view.show_status("connected", "info")
+
+    window.root.geometry("960x620")
+    window.wait_for(lambda: view.winfo_width() == 960, "the window made large again")
+    assert view.where.cget("text") == where  # room for all of it again
+    assert_whole_and_in_view(view)
+    view.where.event_generate("<Button-1>")  # the whole fingerprint is a click away
+    security = window.dialog("Connection security")
+    assert [e.get() for e in entries_of(security)] == [server.fingerprint]
+
+
+def assert_whole_and_in_view(view: ChatView) -> None:
+    """The status bar's labels, the input box and Send are all in the window, and
+    each label has the room its text needs (none is cut off by an edge)."""
+    right, bottom = view.winfo_rootx() + view.winfo_width(), \
+        view.winfo_rooty() + view.winfo_height()
+    for widget in (view.entry, view.send_button, view.bar):
+        assert widget.winfo_ismapped(), f"{widget} is not shown"
+        assert widget.winfo_rootx() + widget.winfo_width() <= right
+        assert widget.winfo_rooty() + widget.winfo_height() <= bottom
+    shown = sorted((label for label in (view.status, view.where, view.security)
+                    if label.cget("text")), key=lambda label: label.winfo_x())
+    for label in shown:
+        assert label.winfo_ismapped() and label.winfo_width() >= label.winfo_reqwidth(), \
+            f"{label.cget('text')!r} is clipped"
+    for left, following in zip(shown, shown[1:]):
+        assert left.winfo_x() + left.winfo_width() <= following.winfo_x()
+    assert shown[-1].winfo_x() + shown[-1].winfo_width() <= view.bar.winfo_width()
 
 
 def tab_title(view: ChatView, key: str) -> str:

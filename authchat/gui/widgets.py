@@ -1,5 +1,5 @@
 """The desktop client's parts: timers that die with their widget, dialogs, the
-connect form and a conversation's scrolling list.
+connect form, a status bar and a conversation's scrolling list.
 
 None of them owns a Python tk.Variable, Font or Image: those call Tcl when
 they are freed, and the garbage collector may free them on any thread
@@ -13,7 +13,7 @@ import tkinter as tk
 from collections.abc import Callable, Sequence
 from functools import partial
 from tkinter import ttk
-from typing import Any
+from typing import Any, Literal
 
 from ..client import ClientOptions
 from ..display import Fragments
@@ -132,6 +132,68 @@ class Dialog(tk.Toplevel):
 
 def alert(parent: tk.Misc, title: str, message: str, tone: str = "error") -> Dialog:
     return Dialog(parent, title, message, ["OK"], tone=tone)
+
+
+class StatusBar(ttk.Frame):
+    """A line of labels along the bottom that fits any width the window has.
+
+    Labels are added most important first. When their texts do not all fit,
+    the least important gives way first: it is cut after a whole character and
+    ends in "…", or left out. So no text is cut off by the window's edge, in
+    the middle of a letter, with nothing to say that it goes on.
+    """
+
+    PADDING_X = 8
+    GAP = 16  # between labels
+
+    def __init__(self, parent: tk.Misc) -> None:
+        super().__init__(parent, relief="sunken", padding=(self.PADDING_X, 2))
+        self._parts: list[tuple[ttk.Label, str]] = []  # (label, its whole text)
+        self._frame_px = 0  # what a label adds to its text's width: its border
+        self.bind("<Configure>", lambda _: self._fit())
+
+    def add(self, side: Literal["left", "right"], **options: Any) -> ttk.Label:
+        label = ttk.Label(self, font="TkDefaultFont", **options)
+        self._frame_px = label.winfo_reqwidth()  # with no text yet
+        label.pack(side=side, padx=(0, self.GAP) if side == "left" else (self.GAP, 0))
+        self._parts.append((label, ""))
+        return label
+
+    def say(self, label: ttk.Label, text: str, **options: Any) -> None:
+        """Show `text` in `label` (or as much as fits), with other label options."""
+        self._parts = [(part, text if part is label else whole) for part, whole in self._parts]
+        label.configure(**options)
+        self._fit()
+
+    def whole(self, label: ttk.Label) -> str:
+        return next(whole for part, whole in self._parts if part is label)
+
+    def _fit(self) -> None:
+        width = self.winfo_width()
+        room = width - 2 * self.PADDING_X
+        for label, whole in self._parts:
+            shown = whole if width <= 1 else self._cut(label, whole, room - self.GAP)
+            label.configure(text=shown)  # width 1: not laid out yet; <Configure> follows
+            if shown:
+                room -= self._width(label, shown) + self.GAP
+
+    def _cut(self, label: ttk.Label, text: str, room: int) -> str:
+        """`text` if it fits in `room` pixels, else its longest start that fits with
+        "…" after it, else nothing."""
+        if self._width(label, text) <= room:
+            return text
+        fits, too_long = 0, len(text)
+        while too_long - fits > 1:
+            middle = (fits + too_long) // 2
+            if self._width(label, text[:middle] + "…") <= room:
+                fits = middle
+            else:
+                too_long = middle
+        cut = text[:fits].rstrip()
+        return cut + "…" if cut and self._width(label, cut + "…") <= room else ""
+
+    def _width(self, label: ttk.Label, text: str) -> int:
+        return int(self.tk.call("font", "measure", label.cget("font"), text)) + self._frame_px
 
 
 @dataclasses.dataclass(frozen=True)
