@@ -684,6 +684,56 @@ def test_a_thousand_messages_arrive_whole_and_in_order(gui: Callable[..., Gui],
         bob.close()
 
 
+THUMBS_UP, NEVER_ASSIGNED = "\U0001F44D", "\U0001FFFE"  # the second, a noncharacter
+
+
+def emoji_fonts() -> str:
+    """The fonts fontconfig has that draw U+1F44D, THUMBS UP SIGN; "" if none."""
+    if shutil.which("fc-list") is None:
+        return ""
+    listed = subprocess.run(["fc-list", f":charset={ord(THUMBS_UP):x}", "family"],
+                            capture_output=True, text=True, timeout=WAIT_S)
+    return listed.stdout.strip()
+
+
+@pytest.mark.skipif(not emoji_fonts(), reason="no font with emoji (Debian: "
+                    "fonts-noto-color-emoji, which .ci/run installs)")
+def test_an_emoji_is_drawn_as_a_glyph_not_a_box(gui: Callable[..., Gui], display: str,
+                                                servers: Callable[..., object],
+                                                tmp_path: Path) -> None:
+    window, view, bob = alice_sees_bob(gui, servers())
+    try:
+        bob.send({"type": "say", "text": f"nice {THUMBS_UP} and {NEVER_ASSIGNED} box"})
+        window.wait_for(lambda: "box" in window.room(), "the message")
+    finally:
+        bob.close()
+    text = view.conversations[""].text
+    text.see("end")
+    # What a character no font has looks like (an empty box, "tofu"), drawn in
+    # the same widget, line, font and colour, to compare the emoji with.
+    emoji, tofu = (glyph(window, text, display, ch, tmp_path / f"{ord(ch):x}.png")
+                   for ch in (THUMBS_UP, NEVER_ASSIGNED))
+    assert len(tofu.getcolors()) > 1, "the empty box is not drawn: nothing to compare with"
+    assert len(emoji.getcolors()) > 1, "nothing is drawn for the emoji"
+    boxed = emoji.size == tofu.size and emoji.tobytes() == tofu.tobytes()
+    assert not boxed, f"the emoji is drawn as the empty box of a missing character, though " \
+        f"{emoji_fonts()!r} has it"
+
+
+def glyph(window: Gui, text: tk.Text, display: str, character: str, path: Path) -> Any:
+    """How `character`, shown in `text`, looks on the screen (RGB)."""
+    from PIL import Image, ImageGrab
+
+    window.root.update()
+    where = text.search(character, "1.0")
+    assert where, f"U+{ord(character):X} is not shown"
+    x, y, width, height = text.bbox(where)
+    left, top = text.winfo_rootx() + x, text.winfo_rooty() + y
+    ImageGrab.grab(bbox=(left, top, left + width, top + height), xdisplay=display).save(path)
+    with Image.open(path) as picture:
+        return picture.convert("RGB")
+
+
 def test_a_refused_line_goes_back_into_the_input_box(gui: Callable[..., Gui],
                                                      servers: Callable[..., object]) -> None:
     # Two requests in a burst: the window's own `who` at login, and the first line.
