@@ -4,7 +4,9 @@ The room is the first tab; a private conversation gets a tab of its own when
 someone writes to us or we double-click their name. A tab that is not in
 front counts its unread messages in its title. Enter sends, Shift-Enter starts
 a new line, and slash commands work as in the terminal client. A line the
-server refuses is put back in the input box, so nothing typed is lost.
+server refuses is put back in the input box, so nothing typed is lost. While
+the link is down (reconnecting, or the session ended) the list of who is
+online is empty, since the window no longer hears who comes and goes.
 """
 
 from __future__ import annotations

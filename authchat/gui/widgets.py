@@ -165,15 +165,13 @@ class StatusBar(ttk.Frame):
         label.configure(**options)
         self._fit()
 
-    def whole(self, label: ttk.Label) -> str:
-        return next(whole for part, whole in self._parts if part is label)
-
     def _fit(self) -> None:
         width = self.winfo_width()
         room = width - 2 * self.PADDING_X
         for label, whole in self._parts:
+            # Width 1 is not laid out yet: a <Configure> follows, with the width.
             shown = whole if width <= 1 else self._cut(label, whole, room - self.GAP)
-            label.configure(text=shown)  # width 1: not laid out yet; <Configure> follows
+            label.configure(text=shown)
             if shown:
                 room -= self._width(label, shown) + self.GAP
 
