@@ -8,6 +8,7 @@ the last one runs `authchat gui` as a process and types into it with xdotool.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -108,6 +109,13 @@ class Gui:
     def say(self, text: str) -> None:
         self.type_into(self.view.entry, text)
         self.press(self.view.entry, "<Return>")
+
+    def click(self, widget: tk.Misc) -> None:
+        """Click the middle of `widget` with the first button, as the mouse would."""
+        where = {"x": widget.winfo_width() // 2, "y": widget.winfo_height() // 2}
+        for event in ("<Enter>", "<ButtonPress-1>", "<ButtonRelease-1>"):
+            widget.event_generate(event, **where)
+        self.root.update()
 
     def click_user(self, name: str, button: int = 1, clicks: int = 1) -> None:
         """Click on `name` in the user list, as the mouse would."""
@@ -275,6 +283,65 @@ def test_log_in_chat_dm_presence_and_screenshot(gui: Callable[..., Gui], display
         server.shutdown()
 
 
+def test_the_status_bar_fits_the_smallest_window(gui: Callable[..., Gui],
+                                                 servers: Callable[..., object]) -> None:
+    server = servers(tls__enabled=True)
+    name = "alexandra.konstantinopoulou_2024"  # as long as a name can be
+    add_user(server, name)
+    window = gui(server.address[1], username=name, tls=True)
+    window.log_in()
+    window.dialog("Trust this server?").buttons["Trust"].invoke()
+    view = window.view
+    where = f"{name} @ 127.0.0.1:{server.address[1]}"
+    short = f"TLS, SHA-256 {server.fingerprint[:23]}…"
+    assert re.fullmatch(r"TLS, SHA-256 ([0-9A-F]{2}:){7}[0-9A-F]{2}…", short)
+
+    window.root.geometry("640x420")  # the smallest it can be made
+    window.wait_for(lambda: view.winfo_width() == 640, "the window made small")
+    assert_whole_and_in_view(view)
+    assert view.security.cget("text") == short
+    assert view.status.cget("text") == "connected"
+    cut = view.where.cget("text")  # the least needed: the title says it too
+    assert cut.endswith("…") and where.startswith(cut[:-1]) and len(cut) > 10
+    # A long state, such as a reason for ending, gives way too, after a whole
+    # character, but the security part does not.
+    long_state = f"disconnected: {'a long reason ' * 20}"
+    view.show_status(long_state, "error")
+    window.root.update()
+    assert_whole_and_in_view(view)
+    assert view.security.cget("text") == short and view.where.cget("text") == ""
+    cut = view.status.cget("text")
+    assert cut.endswith("…") and long_state.startswith(cut[:-1]) and len(cut) > 20
+    view.show_status("connected", "info")
+
+    window.root.geometry("960x620")
+    window.wait_for(lambda: view.winfo_width() == 960, "the window made large again")
+    assert view.where.cget("text") == where  # room for all of it again
+    assert_whole_and_in_view(view)
+    view.where.event_generate("<Button-1>")  # the whole fingerprint is a click away
+    security = window.dialog("Connection security")
+    assert [e.get() for e in entries_of(security)] == [server.fingerprint]
+
+
+def assert_whole_and_in_view(view: ChatView) -> None:
+    """The status bar's labels, the input box and Send are all in the window, and
+    each label has the room its text needs (none is cut off by an edge)."""
+    right, bottom = view.winfo_rootx() + view.winfo_width(), \
+        view.winfo_rooty() + view.winfo_height()
+    for widget in (view.entry, view.send_button, view.bar):
+        assert widget.winfo_ismapped(), f"{widget} is not shown"
+        assert widget.winfo_rootx() + widget.winfo_width() <= right
+        assert widget.winfo_rooty() + widget.winfo_height() <= bottom
+    shown = sorted((label for label in (view.status, view.where, view.security)
+                    if label.cget("text")), key=lambda label: label.winfo_x())
+    for label in shown:
+        assert label.winfo_ismapped() and label.winfo_width() >= label.winfo_reqwidth(), \
+            f"{label.cget('text')!r} is clipped"
+    for left, following in zip(shown, shown[1:]):
+        assert left.winfo_x() + left.winfo_width() <= following.winfo_x()
+    assert shown[-1].winfo_x() + shown[-1].winfo_width() <= view.bar.winfo_width()
+
+
 def tab_title(view: ChatView, key: str) -> str:
     return str(view.tabs.tab(view.conversations[key], "text"))
 
@@ -298,6 +365,40 @@ def assert_is_a_picture_of(window: tk.Misc, path: Path) -> None:
         assert width == window.winfo_width() and height >= window.winfo_height()
         colours = picture.convert("RGB").getcolors(maxcolors=1 << 16)
         assert colours is None or len(colours) > 50, "the screenshot is blank"
+
+
+def test_the_connect_form_s_boxes_show_their_real_state(gui: Callable[..., Gui],
+                                                        servers: Callable[..., object]) -> None:
+    server = servers()
+    add_user(server, "alice")
+    window = gui(server.address[1], tls=True)
+    form = window.app.form
+    assert form is not None
+    window.wait_for(lambda: form.create.winfo_ismapped() and form.tls.winfo_ismapped(),
+                    "the form drawn")
+    window.root.update()
+
+    def looks(box: Any) -> str:  # as the theme draws it
+        return "half-ticked" if box.instate(["alternate"]) else \
+            "ticked" if box.instate(["selected"]) else "empty"
+
+    assert (looks(form.create), looks(form.tls)) == ("empty", "ticked")
+    window.click(form.create)
+    assert (looks(form.create), looks(form.tls)) == ("ticked", "ticked")
+    assert form.button.cget("text") == "Create account"
+    window.click(form.create)
+    window.click(form.tls)
+    assert (looks(form.create), looks(form.tls)) == ("empty", "empty")
+    assert form.button.cget("text") == "Log in"
+    window.click(form.tls)
+    assert (looks(form.create), looks(form.tls)) == ("empty", "ticked")
+    # What the boxes show is what the form does: log in (not create), over TLS.
+    window.log_in()
+    window.dialog("Could not connect").buttons["OK"].invoke()  # this server is plaintext
+    window.click(form.tls)
+    window.log_in()
+    window.wait_for(lambda: window.app.view is not None and "logged in as alice"
+                    in window.room(), "logged in")
 
 
 def test_wrong_password_and_taken_name_are_said_plainly(gui: Callable[..., Gui],
@@ -490,6 +591,7 @@ def test_being_kicked_is_explained_and_you_can_log_in_again(gui: Callable[..., G
         assert "you were removed from the server" in ended.message.cget("text")
         assert view.status.cget("text").startswith("disconnected: you were removed")
         assert str(view.entry.cget("state")) == "disabled"
+        assert_lists_no_one(view)  # boss is still online, but we no longer hear of it
         ended.buttons["Log in again"].invoke()
         form = window.wait_for(lambda: window.app.form, "the connect form")
         assert form.value("Username") == "alice" and form.value("Password") == ""
@@ -511,21 +613,37 @@ def test_reconnects_with_backoff_after_the_server_restarts(gui: Callable[..., Gu
     window = gui(port)
     window.log_in()
     view = window.view
+    bob = Client(server.address)
     try:
+        bob.login("bob")
+        window.wait_for(lambda: view.listed == ["alice", "bob"], "bob online")
         server.shutdown()
         window.wait_for(lambda: "the server is shutting down" in window.room(), "the reason")
         window.wait_for(lambda: view.status.cget("text").startswith("reconnecting in"),
                         "the status bar saying it reconnects")
+        # Not connected, the window cannot know who is online: it lists no one.
+        assert_lists_no_one(view)
+        bob.close()
         server = start_server(home, server__port=port)
         window.wait_for(lambda: "reconnected" in window.room(), "back", timeout=30)
         window.wait_for(lambda: view.status.cget("text") == "connected", "status: connected")
+        # The new session's welcome says who is online: alice, bob is not back.
+        window.wait_for(lambda: view.listed == ["alice"], "the list refilled")
+        assert view.online.cget("text") == "Online: 1"
+        assert view.users.get(0, "end") == ("alice (you)",)
         bob = Client(server.address)
         bob.login("bob")
+        window.wait_for(lambda: view.listed == ["alice", "bob"], "bob back on the list")
         window.say("still here")
         bob.expect("message", text="still here", **{"from": "alice"})
-        bob.close()
     finally:
+        bob.close()
         server.shutdown()
+
+
+def assert_lists_no_one(view: ChatView) -> None:
+    assert view.listed == [] and view.users.get(0, "end") == ()
+    assert view.online.cget("text") == "Online: — (not connected)"
 
 
 @pytest.mark.slow
@@ -564,6 +682,56 @@ def test_a_thousand_messages_arrive_whole_and_in_order(gui: Callable[..., Gui],
         # (How long the window stands still in a flood is measured by bench/gui.py.)
     finally:
         bob.close()
+
+
+THUMBS_UP, NEVER_ASSIGNED = "\U0001F44D", "\U0001FFFE"  # the second, a noncharacter
+
+
+def emoji_fonts() -> str:
+    """The fonts fontconfig has that draw U+1F44D, THUMBS UP SIGN; "" if none."""
+    if shutil.which("fc-list") is None:
+        return ""
+    listed = subprocess.run(["fc-list", f":charset={ord(THUMBS_UP):x}", "family"],
+                            capture_output=True, text=True, timeout=WAIT_S)
+    return listed.stdout.strip()
+
+
+@pytest.mark.skipif(not emoji_fonts(), reason="no font with emoji (Debian: "
+                    "fonts-noto-color-emoji, which .ci/run installs)")
+def test_an_emoji_is_drawn_as_a_glyph_not_a_box(gui: Callable[..., Gui], display: str,
+                                                servers: Callable[..., object],
+                                                tmp_path: Path) -> None:
+    window, view, bob = alice_sees_bob(gui, servers())
+    try:
+        bob.send({"type": "say", "text": f"nice {THUMBS_UP} and {NEVER_ASSIGNED} box"})
+        window.wait_for(lambda: "box" in window.room(), "the message")
+    finally:
+        bob.close()
+    text = view.conversations[""].text
+    text.see("end")
+    # What a character no font has looks like (an empty box, "tofu"), drawn in
+    # the same widget, line, font and colour, to compare the emoji with.
+    emoji, tofu = (glyph(window, text, display, ch, tmp_path / f"{ord(ch):x}.png")
+                   for ch in (THUMBS_UP, NEVER_ASSIGNED))
+    assert len(tofu.getcolors()) > 1, "the empty box is not drawn: nothing to compare with"
+    assert len(emoji.getcolors()) > 1, "nothing is drawn for the emoji"
+    boxed = emoji.size == tofu.size and emoji.tobytes() == tofu.tobytes()
+    assert not boxed, f"the emoji is drawn as the empty box of a missing character, though " \
+        f"{emoji_fonts()!r} has it"
+
+
+def glyph(window: Gui, text: tk.Text, display: str, character: str, path: Path) -> Any:
+    """How `character`, shown in `text`, looks on the screen (RGB)."""
+    from PIL import Image, ImageGrab
+
+    window.root.update()
+    where = text.search(character, "1.0")
+    assert where, f"U+{ord(character):X} is not shown"
+    x, y, width, height = text.bbox(where)
+    left, top = text.winfo_rootx() + x, text.winfo_rooty() + y
+    ImageGrab.grab(bbox=(left, top, left + width, top + height), xdisplay=display).save(path)
+    with Image.open(path) as picture:
+        return picture.convert("RGB")
 
 
 def test_a_refused_line_goes_back_into_the_input_box(gui: Callable[..., Gui],

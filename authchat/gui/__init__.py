@@ -202,7 +202,7 @@ class App:
         # Our bug, not the user's: keep the window alive and say so once.
         log.error("internal error in the desktop client", exc_info=(kind, error, tb))
         if self.view is not None:
-            self.view.status.configure(text="internal error: see the log")
+            self.view.show_status("internal error: see the log", "error")
 
 
 def _options_for(options: ClientOptions, login: Login) -> ClientOptions:

@@ -4,7 +4,9 @@ The room is the first tab; a private conversation gets a tab of its own when
 someone writes to us or we double-click their name. A tab that is not in
 front counts its unread messages in its title. Enter sends, Shift-Enter starts
 a new line, and slash commands work as in the terminal client. A line the
-server refuses is put back in the input box, so nothing typed is lost.
+server refuses is put back in the input box, so nothing typed is lost. While
+the link is down (reconnecting, or the session ended) the list of who is
+online is empty, since the window no longer hears who comes and goes.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from ..display import CONNECTION_STATE, render
 from ..roster import Roster, dm_peer
 from ..sanitize import escape
 from .threads import Jobs
-from .widgets import TONES, Conversation, Dialog, Timed, alert
+from .widgets import TONES, Conversation, Dialog, StatusBar, Timed, alert
 
 Reply = dict[str, Any]
+FINGERPRINT_PAIRS_SHOWN = 8  # of 32, in the status bar; the security dialog has all
 
 
 class ChatView(Timed, ttk.Frame):
@@ -37,6 +40,7 @@ class ChatView(Timed, ttk.Frame):
         self.me = chat.username
         self.role = str(chat.welcome.get("role", "user"))
         self.roster = Roster()
+        self.connected = True  # logged in; while not, no one is listed as online
         self.listed: list[str] = []  # the names in the user list, in its order
         self._listing = False
         self.conversations: dict[str, Conversation] = {}
@@ -49,6 +53,10 @@ class ChatView(Timed, ttk.Frame):
     # -- layout ----------------------------------------------------------------
 
     def _build(self) -> None:
+        # Packed first, the status bar and the input box keep their height in
+        # a short window: the conversations give way.
+        self._build_status()
+        self._build_input()
         panes = ttk.Panedwindow(self, orient="horizontal")
         self.tabs = ttk.Notebook(panes)
         self.tabs.bind("<<NotebookTabChanged>>", self._tab_changed)
@@ -64,31 +72,35 @@ class ChatView(Timed, ttk.Frame):
         panes.add(self.tabs, weight=4)
         panes.add(side, weight=1)
         panes.pack(fill="both", expand=True, padx=8, pady=(8, 4))
-        self._build_input()
-        self._build_status()
 
     def _build_input(self) -> None:
         row = ttk.Frame(self)
-        row.pack(fill="x", padx=8, pady=4)
+        row.pack(fill="x", side="bottom", padx=8, pady=4)
+        self.send_button = ttk.Button(row, text="Send", command=self.send_typed)
+        self.send_button.pack(side="right", padx=(8, 0), anchor="n")  # first: the box gives way
         self.entry = tk.Text(row, height=3, wrap="word", undo=True, font="TkFixedFont",
                              relief="solid", borderwidth=1, padx=6, pady=4)
         self.entry.pack(side="left", fill="x", expand=True)
         self.entry.bind("<Return>", self._enter)
         self.entry.bind("<KP_Enter>", self._enter)
         self.entry.bind("<Shift-Return>", self._newline)
-        self.send_button = ttk.Button(row, text="Send", command=self.send_typed)
-        self.send_button.pack(side="left", padx=(8, 0), anchor="n")
 
     def _build_status(self) -> None:
-        bar = ttk.Frame(self, relief="sunken", padding=(8, 2))
-        bar.pack(fill="x", side="bottom")
-        self.status = ttk.Label(bar, text="connected")
-        self.status.pack(side="left", padx=(0, 24))
-        self.security = ttk.Label(bar, cursor="hand2")
-        self.security.pack(side="right")
-        self.security.bind("<Button-1>", lambda _: self.show_security())
+        # Most important first: how safe the link is, then its state, then who
+        # and where (which the title says too), which gives way first.
+        self.bar = StatusBar(self)
+        self.bar.pack(fill="x", side="bottom")
+        self.security = self.bar.add("right", cursor="hand2")
+        self.status = self.bar.add("left")
+        self.where = self.bar.add("right", cursor="hand2")
+        for label in (self.security, self.where):
+            label.bind("<Button-1>", lambda _: self.show_security())
+        self.show_status("connected", "info")
         self.fingerprint = ""
         self._show_security_state()
+
+    def show_status(self, text: str, tone: str) -> None:
+        self.bar.say(self.status, text, foreground=TONES[tone])
 
     def _show_security_state(self) -> None:
         """Who, where, and how safe, from the link in use now."""
@@ -99,9 +111,9 @@ class ChatView(Timed, ttk.Frame):
         elif options.insecure and not options.fingerprint and not options.cafile:
             security, tone = "TLS, NOT VERIFIED", "error"
         else:
-            security, tone = f"TLS, SHA-256 {self.fingerprint[:23]}…", "info"
-        where = f"{escape(self.me)} @ {escape(options.host)}:{options.port}"
-        self.security.configure(text=f"{where}   {security}", foreground=TONES[tone])
+            security, tone = f"TLS, SHA-256 {short_fingerprint(self.fingerprint)}", "info"
+        self.bar.say(self.security, security, foreground=TONES[tone])
+        self.bar.say(self.where, f"{escape(self.me)} @ {escape(options.host)}:{options.port}")
 
     def show_security(self) -> Dialog:
         """The whole fingerprint, copyable, to check against the operator's."""
@@ -188,9 +200,8 @@ class ChatView(Timed, ttk.Frame):
         if isinstance(event, Notice):
             self._notice(event)
             return
-        if self.roster.apply(event) and not self._listing:
-            self._listing = True  # once a batch, however many joined: 2,000 at a restart
-            self.later(None, self._list_users)
+        if self.roster.apply(event):
+            self._relist()
         kind = event.get("type")
         if kind == "welcome":
             self._welcomed(event)
@@ -212,7 +223,9 @@ class ChatView(Timed, ttk.Frame):
     def _welcomed(self, welcome: Reply) -> None:
         self.me = str(welcome.get("username", self.me))
         self.role = str(welcome.get("role", self.role))
-        self.status.configure(text="connected", foreground=TONES["info"])
+        self.connected = True
+        self._relist()  # who the welcome names
+        self.show_status("connected", "info")
         self._show_security_state()  # after a reconnect, the new link's
         self._ask_roles()
 
@@ -225,8 +238,9 @@ class ChatView(Timed, ttk.Frame):
             self.send_button.state(["disabled"])
             Dialog(self, "Disconnected", escape(notice.text), ["Log in again", "Close"],
                    self._after_end, tone="error")
-        tone = "info" if notice.kind == "back" else "error"
-        self.status.configure(text=escape(state), foreground=TONES[tone])
+        self.show_status(escape(state), "info" if notice.kind == "back" else "error")
+        if notice.kind != "back":  # the welcome that follows "back" says who is online
+            self._not_connected()
         self.conversations[""].add(render(notice, self.me))
 
     def _after_end(self, button: str | None, _: list[str]) -> None:
@@ -234,6 +248,17 @@ class ChatView(Timed, ttk.Frame):
             self._log_out()
 
     # -- the user list ---------------------------------------------------------
+
+    def _not_connected(self) -> None:
+        """Lost, reconnecting or ended: whoever was online may have left since."""
+        self.connected = False
+        self.roster = Roster()
+        self._list_users()
+
+    def _relist(self) -> None:
+        if not self._listing:
+            self._listing = True  # once a batch, however many joined: 2,000 at a restart
+            self.later(None, self._list_users)
 
     def _list_users(self) -> None:
         self._listing = False
@@ -243,15 +268,18 @@ class ChatView(Timed, ttk.Frame):
             marks = [m for m, on in (("admin", self.roster.role(name) == "admin"),
                                      ("you", name.casefold() == self.me.casefold())) if on]
             self.users.insert("end", escape(name) + (f" ({', '.join(marks)})" if marks else ""))
-        self.online.configure(text=f"Online: {len(self.listed)}")
+        self.online.configure(text=f"Online: {len(self.listed)}" if self.connected
+                              else "Online: — (not connected)")
 
     def _ask_roles(self) -> None:
         """The welcome names who is online; one `who` says who of them are admins
         (joins say it themselves). It costs one request of the rate limit."""
-        self.request(who(), self._got_roles, lambda _: None)
+        self.request(who(), self._roster_reply, lambda _: None)
 
-    def _got_roles(self, reply: Reply) -> None:
-        if self.roster.apply(reply):
+    def _roster_reply(self, reply: Reply) -> None:
+        # A reply read just before the link dropped can be handed over just
+        # after the notice that it did: it no longer says who is online.
+        if self.connected and self.roster.apply(reply):
             self._list_users()
 
     def _name_at(self, y: int) -> str | None:
@@ -354,8 +382,8 @@ class ChatView(Timed, ttk.Frame):
             conversation.add(render(reply, self.me))
         if reply.get("type") == "error":
             self._put_back(conversation, typed)
-        elif reply.get("type") == "who" and self.roster.apply(reply):
-            self._list_users()
+        elif reply.get("type") == "who":
+            self._roster_reply(reply)
 
     def _failed(self, conversation: Conversation, typed: str, error: Exception) -> None:
         conversation = self._still_open(conversation)
@@ -402,3 +430,10 @@ class ChatView(Timed, ttk.Frame):
             alert(self, "Password changed", "Your password is changed.", tone="info")
         else:
             alert(self, "Password not changed", describe_error(reply))
+
+
+def short_fingerprint(fingerprint: str) -> str:
+    """The first hex pairs of a colon-separated fingerprint, and "…" if it goes on."""
+    pairs = fingerprint.split(":")
+    shown = ":".join(pairs[:FINGERPRINT_PAIRS_SHOWN])
+    return shown + "…" if len(pairs) > FINGERPRINT_PAIRS_SHOWN else shown

@@ -1,5 +1,5 @@
 """The desktop client's parts: timers that die with their widget, dialogs, the
-connect form and a conversation's scrolling list.
+connect form, a status bar and a conversation's scrolling list.
 
 None of them owns a Python tk.Variable, Font or Image: those call Tcl when
 they are freed, and the garbage collector may free them on any thread
@@ -13,7 +13,7 @@ import tkinter as tk
 from collections.abc import Callable, Sequence
 from functools import partial
 from tkinter import ttk
-from typing import Any
+from typing import Any, Literal
 
 from ..client import ClientOptions
 from ..display import Fragments
@@ -134,6 +134,66 @@ def alert(parent: tk.Misc, title: str, message: str, tone: str = "error") -> Dia
     return Dialog(parent, title, message, ["OK"], tone=tone)
 
 
+class StatusBar(ttk.Frame):
+    """A line of labels along the bottom that fits any width the window has.
+
+    Labels are added most important first. When their texts do not all fit,
+    the least important gives way first: it is cut after a whole character and
+    ends in "…", or left out. So no text is cut off by the window's edge, in
+    the middle of a letter, with nothing to say that it goes on.
+    """
+
+    PADDING_X = 8
+    GAP = 16  # between labels
+
+    def __init__(self, parent: tk.Misc) -> None:
+        super().__init__(parent, relief="sunken", padding=(self.PADDING_X, 2))
+        self._parts: list[tuple[ttk.Label, str]] = []  # (label, its whole text)
+        self._frame_px = 0  # what a label adds to its text's width: its border
+        self.bind("<Configure>", lambda _: self._fit())
+
+    def add(self, side: Literal["left", "right"], **options: Any) -> ttk.Label:
+        label = ttk.Label(self, font="TkDefaultFont", **options)
+        self._frame_px = label.winfo_reqwidth()  # with no text yet
+        label.pack(side=side, padx=(0, self.GAP) if side == "left" else (self.GAP, 0))
+        self._parts.append((label, ""))
+        return label
+
+    def say(self, label: ttk.Label, text: str, **options: Any) -> None:
+        """Show `text` in `label` (or as much as fits), with other label options."""
+        self._parts = [(part, text if part is label else whole) for part, whole in self._parts]
+        label.configure(**options)
+        self._fit()
+
+    def _fit(self) -> None:
+        width = self.winfo_width()
+        room = width - 2 * self.PADDING_X
+        for label, whole in self._parts:
+            # Width 1 is not laid out yet: a <Configure> follows, with the width.
+            shown = whole if width <= 1 else self._cut(label, whole, room - self.GAP)
+            label.configure(text=shown)
+            if shown:
+                room -= self._width(label, shown) + self.GAP
+
+    def _cut(self, label: ttk.Label, text: str, room: int) -> str:
+        """`text` if it fits in `room` pixels, else its longest start that fits with
+        "…" after it, else nothing."""
+        if self._width(label, text) <= room:
+            return text
+        fits, too_long = 0, len(text)
+        while too_long - fits > 1:
+            middle = (fits + too_long) // 2
+            if self._width(label, text[:middle] + "…") <= room:
+                fits = middle
+            else:
+                too_long = middle
+        cut = text[:fits].rstrip()
+        return cut + "…" if cut and self._width(label, cut + "…") <= room else ""
+
+    def _width(self, label: ttk.Label, text: str) -> int:
+        return int(self.tk.call("font", "measure", label.cget("font"), text)) + self._frame_px
+
+
 @dataclasses.dataclass(frozen=True)
 class Login:
     host: str
@@ -178,10 +238,18 @@ class ConnectForm(ttk.Frame):
         return entry
 
     def _box(self, row: int, text: str, on: bool) -> ttk.Checkbutton:
-        box = ttk.Checkbutton(self, text=text)  # its state is the value: no tk.Variable
-        box.state(["!alternate", "selected" if on else "!selected"])
+        box = ttk.Checkbutton(self, text=text, onvalue=1, offvalue=0)
+        # A box draws what its variable holds, and every configure() looks again:
+        # left unset, the variable made the box half-ticked ("alternate"). So its
+        # variable (a Tcl one named after the box; a tk.Variable is a Python
+        # object of Tcl's, see above) is set from the start.
+        self.setvar(self._variable(box), "1" if on else "0")
         box.grid(row=row, column=1, sticky="w", pady=(8, 0) if row == 5 else 0)
         return box
+
+    @staticmethod
+    def _variable(box: ttk.Checkbutton) -> str:
+        return str(box.cget("variable"))
 
     def value(self, label: str) -> str:
         return str(self.entries[label].get())
@@ -220,6 +288,12 @@ class ConnectForm(ttk.Frame):
 
     def forget_password(self) -> None:
         self.entries["Password"].delete(0, "end")
+
+    def destroy(self) -> None:
+        names = [self._variable(box) for box in (self.create, self.tls)]
+        super().destroy()
+        for name in names:  # global variables outlive their box
+            self.tk.call("unset", "-nocomplain", name)
 
 
 class Conversation(Timed, ttk.Frame):
