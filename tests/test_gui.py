@@ -902,3 +902,79 @@ def focus_window(display: str, title: str) -> None:
         except AssertionError as e:
             if "BadWindow" not in str(e) or time.monotonic() > deadline:
                 raise
+
+
+# -- what a new user tripped over ------------------------------------------------
+
+def test_a_late_answer_to_the_trust_question_still_logs_in(gui: Callable[..., Gui],
+                                                          servers: Callable[..., Any]) -> None:
+    """The server gives a login half a second here; the person takes longer
+    than that over the fingerprint, which no longer costs them the login."""
+    server = servers(tls__enabled=True, limits__handshake_timeout_s=0.5)
+    add_user(server, "alice")
+    window = gui(server.address[1], tls=True)
+    window.log_in()
+    trust = window.dialog("Trust this server?")
+    # While the question is open the server holds no connection of ours whose
+    # login clock could run out.
+    window.wait_for(lambda: server.connection_count() == 0, "no connection held")
+    trust.buttons["Trust"].invoke()
+    window.wait_for(lambda: "logged in as alice" in window.room(), "logged in")
+    assert not [d for d in dialogs(window.root) if d.title() == "Could not log in"]
+
+
+@pytest.mark.slow
+def test_after_a_restart_no_message_is_shown_twice(gui: Callable[..., Gui],
+                                                   tmp_path: Path) -> None:
+    home = tmp_path / "server"
+    server = start_server(home)
+    port = server.address[1]
+    for name in ("alice", "bob"):
+        add_user(server, name)
+    bob = Client(server.address)
+    try:
+        bob.login("bob")
+        bob.send({"type": "say", "text": "said before the restart"})
+        bob.expect("message")
+        bob.close()
+        window = gui(port)
+        window.log_in()
+        window.wait_for(lambda: "said before the restart" in window.room(), "the history")
+        server.shutdown()
+        window.wait_for(lambda: "reconnecting" in window.room(), "the drop")
+        server = start_server(home, server__port=port)
+        window.wait_for(lambda: "reconnected" in window.room(), "the reconnect", timeout=30)
+        bob = Client(server.address)
+        bob.login("bob")
+        bob.send({"type": "say", "text": "said after the restart"})
+        window.wait_for(lambda: "said after the restart" in window.room(), "bob again")
+        assert window.room().count("said before the restart") == 1, window.room()
+    finally:
+        bob.close()
+        server.shutdown()
+
+
+def test_a_disabled_account_is_said_once(gui: Callable[..., Gui],
+                                         servers: Callable[..., Any]) -> None:
+    server = servers()
+    add_user(server, "alice")
+    window = gui(server.address[1])
+    window.log_in()
+    window.wait_for(lambda: "logged in as alice" in window.room(), "logged in")
+    server.store.set_disabled("alice", True, actor="test")
+    ended = window.dialog("Disconnected")
+    assert ended.message.cget("text") == "this account is disabled"
+    assert window.room().count("account is disabled") == 1, window.room()
+
+
+def test_a_new_password_too_short_is_refused_before_it_is_sent(
+        gui: Callable[..., Gui], servers: Callable[..., Any]) -> None:
+    server = servers(auth__min_password_length=20)
+    window = gui(server.address[1], username="newcomer")
+    window.log_in("sixteen chars ok", create=True)
+    refused = window.dialog("Could not create the account")
+    # The length the server's hello gave, in the words `users add` uses.
+    assert refused.message.cget("text") == "password must be at least 20 characters"
+    refused.buttons["OK"].invoke()
+    window.log_in("a brand new long password", create=True)
+    window.wait_for(lambda: "logged in as newcomer" in window.room(), "created")

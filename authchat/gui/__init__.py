@@ -37,7 +37,7 @@ from tkinter import ttk
 from typing import Any
 
 from ..client import Chat, ClientOptions, Event, ServerError, TrustError
-from ..errors import ErrorCode
+from ..errors import ErrorCode, InvalidPassword
 from ..sanitize import escape
 from .chat_window import ChatView
 from .threads import WORK_PER_TICK, Answer, Inbox, Jobs, Mailbox, Worker
@@ -150,9 +150,7 @@ class App:
         self.form.busy(None)
         if isinstance(error, ServerError) and error.code_text == ErrorCode.BAD_CREDENTIALS:
             self.form.forget_password()
-        title = "Could not log in" if isinstance(error, ServerError) else \
-            "Server not trusted" if isinstance(error, TrustError) else "Could not connect"
-        alert(self.root, title, escape(str(error)))
+        alert(self.root, _failure_title(error), escape(str(error)))
 
     # -- while logged in -----------------------------------------------------
 
@@ -203,6 +201,14 @@ class App:
         log.error("internal error in the desktop client", exc_info=(kind, error, tb))
         if self.view is not None:
             self.view.show_status("internal error: see the log", "error")
+
+
+def _failure_title(error: Exception) -> str:
+    if isinstance(error, InvalidPassword):  # checked here, before it was sent
+        return "Could not create the account"
+    if isinstance(error, ServerError):
+        return "Could not log in"
+    return "Server not trusted" if isinstance(error, TrustError) else "Could not connect"
 
 
 def _options_for(options: ClientOptions, login: Login) -> ClientOptions:
