@@ -309,7 +309,7 @@ def users_list(settings: Settings, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([_user_json(u) for u in accounts], indent=2))
         return
-    rows = [(u.username, u.role, "disabled" if u.disabled else "active", u.created_at,
+    rows = [(u.username, u.role, _status(u), u.created_at,
              u.last_login_at or "never") for u in accounts]
     _print_table(("USERNAME", "ROLE", "STATUS", "CREATED", "LAST LOGIN"), rows)
 
@@ -325,6 +325,8 @@ def users_show(settings: Settings, username: str, as_json: bool) -> None:
         click.echo(json.dumps(_user_json(user), indent=2))
         return
     for key, value in _user_json(user).items():
+        if key == "disabled":  # in the words `users list` uses; --json keeps the flag
+            key, value = "status", _status(user)
         click.echo(f"{key + ':':<15}{'never' if value is None else value}")
 
 
@@ -582,6 +584,10 @@ def _user_json(user: User) -> dict[str, Any]:
     return {"username": user.username, "role": user.role, "disabled": user.disabled,
             "created_at": user.created_at, "updated_at": user.updated_at,
             "last_login_at": user.last_login_at}
+
+
+def _status(user: User) -> str:
+    return "disabled" if user.disabled else "active"
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

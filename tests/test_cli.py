@@ -132,7 +132,10 @@ def test_users_add_list_show(run_cli: Runner, home: Path) -> None:
     assert table[1].split()[-1] == "never"
     shown = json.loads(run_cli("users", "show", "alice", "--json", check=True).stdout)
     assert shown["username"] == "Alice" and shown["last_login_at"] is None
-    assert "role:          user" in run_cli("users", "show", "ALICE", check=True).stdout
+    shown_text = run_cli("users", "show", "ALICE", check=True).stdout
+    assert "role:          user\n" in shown_text
+    assert "status:        active\n" in shown_text and "disabled" not in shown_text
+    assert "last_login_at: never\n" in shown_text
     assert open_store(home).authenticate("alice", GOOD_PASSWORD).username == "Alice"
 
 
@@ -185,6 +188,10 @@ def test_users_role_disable_enable(run_cli: Runner, home: Path) -> None:
     assert run_cli("users", "disable", "alice", check=True).stdout == "alice is disabled\n"
     assert (users_json(run_cli)[0]["role"], users_json(run_cli)[0]["disabled"]) == ("admin", True)
     assert "disabled" in run_cli("users", "list", check=True).stdout.splitlines()[1]
+    # show says it in list's words; its --json keeps the flag scripts read
+    assert "status:        disabled\n" in run_cli("users", "show", "alice", check=True).stdout
+    shown = json.loads(run_cli("users", "show", "alice", "--json", check=True).stdout)
+    assert shown["disabled"] is True and "status" not in shown
     assert run_cli("users", "enable", "alice", check=True).stdout == "alice is enabled\n"
     assert users_json(run_cli)[0]["disabled"] is False
     for command in (["role", "ghost", "user"], ["disable", "ghost"], ["enable", "ghost"],
