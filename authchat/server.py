@@ -128,6 +128,7 @@ class Server:
                               "the network readable; enable TLS or set allow_plaintext = true")
         self.store.ensure_schema()
         self.store.check_health()
+        log.info("database %s, schema version %d", self.store.path, self.store.schema_version())
         self.store.hasher.prepare()
         if cfg.tls.enabled:
             self.tls_context, self.fingerprint = server_context(cfg)

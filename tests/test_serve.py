@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from authchat.store.schema import known_migrations
 from authchat.tls import CERT_FILENAME
 
 from conftest import GOOD_PASSWORD, Runner
@@ -98,6 +99,23 @@ def test_a_full_disk_fails_registration_generically_and_loses_nothing(
     assert len(names) == len(welcomed) + 1
     stored = [m.text for m in MessageLog(store).room_page()[0]]
     assert stored == (["stored, or not sent"] if sent is not None else [])
+
+
+def test_serve_takes_config_after_the_subcommand_and_names_its_database(
+        home: Path, tmp_path: Path) -> None:
+    config = tmp_path / "site.toml"
+    config.write_text('[server]\nregistration = "closed"\n'
+                      '[storage]\ndata_dir = "site-data"\n')
+    server = ServerProcess(home, "--no-tls", "--config", str(config))
+    try:
+        assert b"registration closed" in server.log
+        database = tmp_path / "site-data" / "authchat.db"
+        version = max(m.version for m in known_migrations())
+        assert f"INFO authchat.server: database {database}, schema version {version}\n" \
+            in server.log.decode()
+        assert server.terminate() == 0
+    finally:
+        server.kill()
 
 
 def test_a_deeply_nested_frame_is_refused_and_the_server_lives_on(home: Path) -> None:
