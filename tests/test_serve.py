@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from authchat.store.schema import known_migrations
 from authchat.tls import CERT_FILENAME
 
-from conftest import GOOD_PASSWORD, Runner
+from conftest import GOOD_PASSWORD, Runner, assert_one_line_error, cli_env
 from helpers import Client, ServerProcess
 
 
@@ -116,6 +117,23 @@ def test_serve_takes_config_after_the_subcommand_and_names_its_database(
         assert server.terminate() == 0
     finally:
         server.kill()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_a_port_in_use_is_one_readable_line(run_cli: Runner, home: Path, host: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as taken:
+        try:
+            taken.bind((host, 0))
+        except OSError:
+            pytest.skip(f"no {host} here")
+        taken.listen()
+        port = taken.getsockname()[1]
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        # at WARNING, the start-up's INFO lines are left out and nothing else may be said
+        result = run_cli("serve", "--no-tls", "--host", host, "--port", str(port),
+                         env=cli_env(home, AUTHCHAT_LOGGING_LEVEL="WARNING"))
+    assert_one_line_error(result, 1, f"cannot listen on {where}: Address already in use")
 
 
 def test_a_deeply_nested_frame_is_refused_and_the_server_lives_on(home: Path) -> None:
