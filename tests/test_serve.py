@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
@@ -9,11 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from authchat.store import sqlite
 from authchat.store.schema import known_migrations
 from authchat.tls import CERT_FILENAME
 
 from conftest import GOOD_PASSWORD, Runner, assert_one_line_error, cli_env
 from helpers import Client, ServerProcess
+
+OTHER_PASSWORD = "an entirely different phrase"
 
 
 @pytest.mark.slow
@@ -134,6 +138,28 @@ def test_a_port_in_use_is_one_readable_line(run_cli: Runner, home: Path, host: s
         result = run_cli("serve", "--no-tls", "--host", host, "--port", str(port),
                          env=cli_env(home, AUTHCHAT_LOGGING_LEVEL="WARNING"))
     assert_one_line_error(result, 1, f"cannot listen on {where}: Address already in use")
+
+
+def test_a_password_change_over_the_protocol_is_not_shown_as_a_login(
+        run_cli: Runner, home: Path) -> None:
+    run_cli("users", "add", "alice", "--password-stdin", input=GOOD_PASSWORD + "\n", check=True)
+    server = ServerProcess(home, "--no-tls")
+    try:
+        client = Client(server.address)
+        client.login("alice")
+        # Move the login's time back, so that any write of it by the change shows.
+        conn = sqlite.connect(home / "authchat.db", busy_timeout_ms=5000)
+        conn.execute("UPDATE users SET last_login_at = '2000-01-01T00:00:00Z'")
+        conn.close()
+        client.send({"type": "passwd", "old": GOOD_PASSWORD, "new": OTHER_PASSWORD, "id": 1})
+        client.expect("ok", re=1)
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+    shown = json.loads(run_cli("users", "show", "alice", "--json", check=True).stdout)
+    assert shown["last_login_at"] == "2000-01-01T00:00:00Z"
+    assert shown["updated_at"] >= shown["created_at"]
+    assert "last_login_at: 2000-01-01T00:00:00Z\n" in run_cli("users", "show", "alice").stdout
 
 
 def test_a_deeply_nested_frame_is_refused_and_the_server_lives_on(home: Path) -> None:
