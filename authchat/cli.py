@@ -69,14 +69,26 @@ class AuthchatGroup(click.Group):
             raise CliError(f"{e.strerror or e}{where}") from None
 
 
+# A group option (by its parameter name) -> the config key it overrides.
+GROUP_OPTION_KEYS = {"data_dir": "storage.data_dir", "database": "storage.database"}
+
+
 @dataclasses.dataclass
 class Settings:
     """What the group options said; the Config is loaded on first use so that
     `--help` works even when the configuration is broken."""
 
-    config_file: str | None
-    overrides: dict[str, Any]
+    config_file: str | None = None
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     _config: Config | None = None
+
+    def apply(self, option: str, value: str) -> None:
+        """Take one group option's value: the last one given wins."""
+        if option == "config_file":
+            self.config_file = value
+        else:
+            self.overrides[GROUP_OPTION_KEYS[option]] = value
+        self._config = None
 
     def config(self, **more: Any) -> Config:
         if self._config is None or more:
@@ -103,16 +115,10 @@ def json_option(f: F) -> F:
 
 @click.group(cls=AuthchatGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="authchat")
-@click.option("--config", "config_file", metavar="FILE", type=click.Path(dir_okay=False),
-              help="TOML configuration file (default: $AUTHCHAT_CONFIG, else none).")
-@click.option("--data-dir", metavar="DIR", help="Data directory (default: $AUTHCHAT_HOME, "
-              "else the platform's user data directory).")
-@click.option("--database", metavar="FILE", help="SQLite database (default: DATA_DIR/authchat.db).")
 @click.pass_context
-def cli(ctx: click.Context, config_file: str | None, data_dir: str | None,
-        database: str | None) -> None:
+def cli(ctx: click.Context) -> None:
     """authchat: a self-hosted, authenticated group-chat server."""
-    ctx.obj = Settings(config_file, {"storage.data_dir": data_dir, "storage.database": database})
+    ctx.ensure_object(Settings)  # made already if a group option was given here
 
 
 # -- serve -----------------------------------------------------------------
@@ -328,7 +334,7 @@ def users_list(settings: Settings, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([_user_json(u) for u in accounts], indent=2))
         return
-    rows = [(u.username, u.role, "disabled" if u.disabled else "active", u.created_at,
+    rows = [(u.username, u.role, _status(u), u.created_at,
              u.last_login_at or "never") for u in accounts]
     _print_table(("USERNAME", "ROLE", "STATUS", "CREATED", "LAST LOGIN"), rows)
 
@@ -344,6 +350,8 @@ def users_show(settings: Settings, username: str, as_json: bool) -> None:
         click.echo(json.dumps(_user_json(user), indent=2))
         return
     for key, value in _user_json(user).items():
+        if key == "disabled":  # in the words `users list` uses; --json keeps the flag
+            key, value = "status", _status(user)
         click.echo(f"{key + ':':<15}{'never' if value is None else value}")
 
 
@@ -606,10 +614,53 @@ def _user_json(user: User) -> dict[str, Any]:
             "last_login_at": user.last_login_at}
 
 
+def _status(user: User) -> str:
+    return "disabled" if user.disabled else "active"
+
+
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
     for row in (header, *rows):
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+# -- the group options, accepted after any subcommand too ---------------------
+
+def _apply_group_option(ctx: click.Context, param: click.Parameter,
+                        value: str | None) -> None:
+    # Options are processed command by command, outermost first, so one given
+    # after a subcommand is applied after one given before it, and wins.
+    if value is not None:
+        assert param.name is not None
+        ctx.ensure_object(Settings).apply(param.name, value)
+
+
+def _group_options() -> list[click.Option]:
+    """--config, --data-dir and --database: new objects for each command."""
+    shared: dict[str, Any] = {"expose_value": False, "callback": _apply_group_option}
+    return [
+        click.Option(["--config", "config_file"], metavar="FILE",
+                     type=click.Path(dir_okay=False),
+                     help="TOML configuration file (default: $AUTHCHAT_CONFIG, else none).",
+                     **shared),
+        click.Option(["--data-dir", "data_dir"], metavar="DIR",
+                     help="Data directory (default: $AUTHCHAT_HOME, else the platform's "
+                          "user data directory).", **shared),
+        click.Option(["--database", "database"], metavar="FILE",
+                     help="SQLite database (default: DATA_DIR/authchat.db).", **shared),
+    ]
+
+
+def _share_group_options(command: click.Command) -> None:
+    """Give `command` and every command under it the group options, so that
+    `authchat serve --config f.toml` works as `authchat --config f.toml serve` does."""
+    command.params.extend(_group_options())
+    if isinstance(command, click.Group):
+        for subcommand in command.commands.values():
+            _share_group_options(subcommand)
+
+
+_share_group_options(cli)
 
 
 def main() -> None:

@@ -115,6 +115,10 @@ class ConfigError(AuthchatError):
     """Invalid configuration."""
 
 
+class CannotListen(AuthchatError):
+    """The server cannot listen on its address."""
+
+
 class SchemaError(AuthchatError):
     """The database schema cannot be used by this version of authchat."""
 

@@ -43,7 +43,7 @@ from . import protocol
 from .config import Config
 from .connection import LINGER_S, SEND_TIMEOUT_S, TLS_HANDSHAKE_MAX_S, Connection, Refusal, \
     Session
-from .errors import ConfigError, ErrorCode
+from .errors import CannotListen, ConfigError, ErrorCode
 from .journal import Journal
 from .limits import DAY_S, ConnectionCounter, KeyedRate, LoginThrottle, WindowLimit, ip_key
 from .memory import release_free_memory
@@ -119,7 +119,8 @@ class Server:
         Raises:
             ConfigError: plaintext on a public address without allow_plaintext,
                 or unusable TLS files.
-            OSError: the address cannot be bound.
+            CannotListen: the address cannot be bound (in use, not this
+                machine's, a privileged port).
         """
         cfg = self.config
         if not cfg.tls.enabled and not is_loopback(cfg.server.host) \
@@ -128,12 +129,12 @@ class Server:
                               "the network readable; enable TLS or set allow_plaintext = true")
         self.store.ensure_schema()
         self.store.check_health()
+        log.info("database %s, schema version %d", self.store.path, self.store.schema_version())
         self.store.hasher.prepare()
         if cfg.tls.enabled:
             self.tls_context, self.fingerprint = server_context(cfg)
         _raise_open_files_limit()
-        self._listener = socket.create_server((cfg.server.host, cfg.server.port), backlog=1024,
-                                              family=_family(cfg.server.host))
+        self._listener = _listen(cfg.server.host, cfg.server.port)
         if self.journal is not None:
             self.room.remember(self.journal.recent_room_messages(cfg.history.on_join))
             self.spawn(self.journal.run, "journal")
@@ -466,6 +467,23 @@ class Server:
             assert isinstance(member, Session)
             if member.close_by is not None and now > member.close_by:
                 member.connection.transport_shutdown()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port.
+
+    Raises:
+        CannotListen: saying why in one line; create_server's own message
+            quotes the address as a Python tuple.
+    """
+    try:
+        return socket.create_server((host, port), backlog=1024, family=_family(host))
+    except OSError as e:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        # create_server re-raises bind's error with the address folded into
+        # its text; the reason alone is in bind's own error, kept as context.
+        cause = e.__context__ if isinstance(e.__context__, OSError) else e
+        raise CannotListen(f"cannot listen on {where}: {cause.strerror or cause}") from None
 
 
 def _family(host: str) -> socket.AddressFamily:

@@ -98,7 +98,8 @@ def ensure_self_signed(cert: Path, key: Path) -> None:
     cert_pem, key_pem = _make_self_signed()
     _write_private(key, key_pem)
     _write_private(cert, cert_pem)
-    log.info("generated a self-signed TLS certificate in %s", cert.parent)
+    # The file itself, not its directory: it is what a client's --cafile takes.
+    log.info("generated a self-signed TLS certificate %s (key %s)", cert, key)
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 
 from authchat.config import load_config
@@ -47,12 +49,31 @@ def test_version(run_cli: Runner) -> None:
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "authchat")
-def test_help_on_every_command(run_cli: Runner, command: list[str]) -> None:
-    result = run_cli(*command, "--help", check=True)
+def test_help_on_every_command(run_cli: Runner, command: list[str], tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("this is [not toml")
+    # a broken configuration is only read when a command needs it, never for --help
+    result = run_cli(*command, "--config", str(broken), "--help", check=True)
     assert result.stdout.startswith("Usage: authchat")
     # a one-line description of the command itself follows the usage line
     description = result.stdout.split("\n\n")[1].strip()
     assert description and "\n" not in description, result.stdout
+    for option in ("--config FILE", "--data-dir DIR", "--database FILE"):
+        assert option in result.stdout, result.stdout
+
+
+def test_every_command_takes_the_group_options() -> None:
+    from authchat.cli import cli
+
+    def walk(command: click.Command, path: str) -> Iterator[tuple[str, click.Command]]:
+        yield path, command
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                yield from walk(sub, f"{path} {name}")
+
+    for path, command in walk(cli, "authchat"):
+        names = {opt for param in command.params for opt in param.opts}
+        assert {"--config", "--data-dir", "--database"} <= names, path
 
 
 def test_group_help_lists_subcommands_with_descriptions(run_cli: Runner) -> None:
@@ -60,6 +81,40 @@ def test_group_help_lists_subcommands_with_descriptions(run_cli: Runner) -> None
     for name in ("add", "list", "show", "passwd", "role", "disable", "enable", "delete", "audit"):
         line = next(line for line in out.splitlines() if line.strip().startswith(name + " "))
         assert len(line.split(None, 1)) == 2, line
+
+
+# -- the group options, before or after the subcommand ------------------------
+
+def test_group_options_work_after_the_subcommand_too(run_cli: Runner, home: Path,
+                                                       tmp_path: Path) -> None:
+    config = tmp_path / "site.toml"
+    config.write_text('[storage]\ndata_dir = "from-config"\n')
+    elsewhere = tmp_path / "from-config"
+    run_cli("users", "add", "--config", str(config), "bob", "--password-stdin",
+            input=GOOD_PASSWORD + "\n", check=True)
+    assert [u.username for u in open_store(elsewhere).list_users()] == ["bob"]
+    assert users_json(run_cli) == []  # not in $AUTHCHAT_HOME
+    for args in (["--config", str(config), "users", "list"],
+                 ["users", "--config", str(config), "list"],
+                 ["users", "list", "--config", str(config)],
+                 ["users", "list", "--data-dir", str(elsewhere)],
+                 ["users", "list", "--database", str(elsewhere / "authchat.db")]):
+        listed = json.loads(run_cli(*args, "--json", check=True).stdout)
+        assert [u["username"] for u in listed] == ["bob"], args
+    assert_one_line_error(run_cli("users", "list", "--config", str(tmp_path / "missing.toml")),
+                          2, "cannot read config file")
+
+
+def test_a_group_option_after_the_subcommand_wins(run_cli: Runner, tmp_path: Path) -> None:
+    before, after = tmp_path / "before.db", tmp_path / "after.db"
+    run_cli("--database", str(before), "users", "--database", str(after), "add", "carol",
+            "--password-stdin", input=GOOD_PASSWORD + "\n", check=True)
+    run_cli("--database", str(before), "users", "add", "--database", str(after), "dave",
+            "--password-stdin", input=GOOD_PASSWORD + "\n", check=True)
+    names = json.loads(run_cli("users", "list", "--database", str(after), "--json",
+                               check=True).stdout)
+    assert [u["username"] for u in names] == ["carol", "dave"]
+    assert not before.exists()
 
 
 # -- users -------------------------------------------------------------------
@@ -77,7 +132,10 @@ def test_users_add_list_show(run_cli: Runner, home: Path) -> None:
     assert table[1].split()[-1] == "never"
     shown = json.loads(run_cli("users", "show", "alice", "--json", check=True).stdout)
     assert shown["username"] == "Alice" and shown["last_login_at"] is None
-    assert "role:          user" in run_cli("users", "show", "ALICE", check=True).stdout
+    shown_text = run_cli("users", "show", "ALICE", check=True).stdout
+    assert "role:          user\n" in shown_text
+    assert "status:        active\n" in shown_text and "disabled" not in shown_text
+    assert "last_login_at: never\n" in shown_text
     assert open_store(home).authenticate("alice", GOOD_PASSWORD).username == "Alice"
 
 
@@ -130,6 +188,10 @@ def test_users_role_disable_enable(run_cli: Runner, home: Path) -> None:
     assert run_cli("users", "disable", "alice", check=True).stdout == "alice is disabled\n"
     assert (users_json(run_cli)[0]["role"], users_json(run_cli)[0]["disabled"]) == ("admin", True)
     assert "disabled" in run_cli("users", "list", check=True).stdout.splitlines()[1]
+    # show says it in list's words; its --json keeps the flag scripts read
+    assert "status:        disabled\n" in run_cli("users", "show", "alice", check=True).stdout
+    shown = json.loads(run_cli("users", "show", "alice", "--json", check=True).stdout)
+    assert shown["disabled"] is True and "status" not in shown
     assert run_cli("users", "enable", "alice", check=True).stdout == "alice is enabled\n"
     assert users_json(run_cli)[0]["disabled"] is False
     for command in (["role", "ghost", "user"], ["disable", "ghost"], ["enable", "ghost"],

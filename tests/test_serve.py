@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import re
+import socket
 import time
 from pathlib import Path
 
 import pytest
 
+from authchat.store import sqlite
+from authchat.store.schema import known_migrations
 from authchat.tls import CERT_FILENAME
 
-from conftest import GOOD_PASSWORD, Runner
+from conftest import GOOD_PASSWORD, Runner, assert_one_line_error, cli_env
 from helpers import Client, ServerProcess
+
+OTHER_PASSWORD = "an entirely different phrase"
 
 
 @pytest.mark.slow
@@ -98,6 +104,62 @@ def test_a_full_disk_fails_registration_generically_and_loses_nothing(
     assert len(names) == len(welcomed) + 1
     stored = [m.text for m in MessageLog(store).room_page()[0]]
     assert stored == (["stored, or not sent"] if sent is not None else [])
+
+
+def test_serve_takes_config_after_the_subcommand_and_names_its_database(
+        home: Path, tmp_path: Path) -> None:
+    config = tmp_path / "site.toml"
+    config.write_text('[server]\nregistration = "closed"\n'
+                      '[storage]\ndata_dir = "site-data"\n')
+    server = ServerProcess(home, "--no-tls", "--config", str(config))
+    try:
+        assert b"registration closed" in server.log
+        database = tmp_path / "site-data" / "authchat.db"
+        version = max(m.version for m in known_migrations())
+        assert f"INFO authchat.server: database {database}, schema version {version}\n" \
+            in server.log.decode()
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_a_port_in_use_is_one_readable_line(run_cli: Runner, home: Path, host: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as taken:
+        try:
+            taken.bind((host, 0))
+        except OSError:
+            pytest.skip(f"no {host} here")
+        taken.listen()
+        port = taken.getsockname()[1]
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        # at WARNING, the start-up's INFO lines are left out and nothing else may be said
+        result = run_cli("serve", "--no-tls", "--host", host, "--port", str(port),
+                         env=cli_env(home, AUTHCHAT_LOGGING_LEVEL="WARNING"))
+    assert_one_line_error(result, 1, f"cannot listen on {where}: Address already in use")
+
+
+def test_a_password_change_over_the_protocol_is_not_shown_as_a_login(
+        run_cli: Runner, home: Path) -> None:
+    run_cli("users", "add", "alice", "--password-stdin", input=GOOD_PASSWORD + "\n", check=True)
+    server = ServerProcess(home, "--no-tls")
+    try:
+        client = Client(server.address)
+        client.login("alice")
+        # Move the login's time back, so that any write of it by the change shows.
+        conn = sqlite.connect(home / "authchat.db", busy_timeout_ms=5000)
+        conn.execute("UPDATE users SET last_login_at = '2000-01-01T00:00:00Z'")
+        conn.close()
+        client.send({"type": "passwd", "old": GOOD_PASSWORD, "new": OTHER_PASSWORD, "id": 1})
+        client.expect("ok", re=1)
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+    shown = json.loads(run_cli("users", "show", "alice", "--json", check=True).stdout)
+    assert shown["last_login_at"] == "2000-01-01T00:00:00Z"
+    assert shown["updated_at"] >= shown["created_at"]
+    assert "last_login_at: 2000-01-01T00:00:00Z\n" in run_cli("users", "show", "alice").stdout
 
 
 def test_a_deeply_nested_frame_is_refused_and_the_server_lives_on(home: Path) -> None:

@@ -238,6 +238,19 @@ def test_an_own_password_change_is_written_only_over_the_version_it_checked(
     assert [e.actor for e in store.audit_entries()][-2:] == ["cli:op", "user:alice"]
 
 
+def test_a_password_change_is_not_a_login(store: Store) -> None:
+    alice = store.create_user("alice", GOOD_PASSWORD, actor="test")
+    changed = store.change_password(alice.id, GOOD_PASSWORD, OTHER_PASSWORD,
+                                    known_version=alice.password_version, actor="user:alice")
+    assert (changed.password_version, changed.last_login_at) == (1, None)
+    reset = store.set_password("alice", "a third phrase, for her", actor="cli:op")
+    assert (reset.password_version, reset.last_login_at) == (2, None)
+    assert store.get_user("alice").last_login_at is None
+    assert [e.action for e in store.audit_entries()] == ["user.create", "user.passwd",
+                                                         "user.passwd"]
+    assert store.authenticate("alice", "a third phrase, for her").last_login_at is not None
+
+
 def test_every_account_change_is_audited(store: Store) -> None:
     store.create_user("alice", GOOD_PASSWORD, actor="cli:op")
     store.set_password("alice", OTHER_PASSWORD, actor="cli:op")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import ssl
@@ -45,11 +46,16 @@ def test_tls_login_and_chat(tls_server: Any) -> None:
     assert bob.sock.version() in ("TLSv1.2", "TLSv1.3")
 
 
-def test_self_signed_certificate_is_private_and_reused(tmp_path: Path) -> None:
-    first = start_server(tmp_path / "home", tls__enabled=True)
+def test_self_signed_certificate_is_private_and_reused(tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    home = tmp_path / "home"
+    with caplog.at_level(logging.INFO, logger="authchat.tls"):
+        first = start_server(home, tls__enabled=True)
     fp = first.fingerprint
     first.shutdown()
-    home = tmp_path / "home"
+    # the log names the file a client can be given as --cafile
+    assert f"generated a self-signed TLS certificate {home / CERT_FILENAME} " \
+        f"(key {home / KEY_FILENAME})" in caplog.text
     assert stat.S_IMODE((home / KEY_FILENAME).stat().st_mode) == 0o600
     assert fp == fingerprint((home / CERT_FILENAME).read_bytes())
     second = start_server(home, tls__enabled=True)
