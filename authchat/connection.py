@@ -29,6 +29,7 @@ from .errors import (
     NoSuchUser,
     PasswordChanged,
     RegistrationClosed,
+    ShuttingDown,
     UsernameTaken,
 )
 from .limits import TokenBucket
@@ -481,6 +482,8 @@ class Connection:
         try:
             current = self.server.off_thread(self.server.store.users_by_id,
                                              {session.account_id})
+        except ShuttingDown:
+            return  # the session ends anyway, told why
         except (AuthchatError, DatabaseError) as e:
             log.warning("could not re-read the account of %s: %s", escape(session.username), e)
             return

@@ -119,6 +119,12 @@ class CannotListen(AuthchatError):
     """The server cannot listen on its address."""
 
 
+class ShuttingDown(AuthchatError):
+    """The server is shutting down."""
+
+    code = ErrorCode.SERVER_SHUTDOWN
+
+
 class SchemaError(AuthchatError):
     """The database schema cannot be used by this version of authchat."""
 

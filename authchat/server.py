@@ -35,7 +35,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
@@ -43,7 +43,7 @@ from . import protocol
 from .config import Config
 from .connection import LINGER_S, SEND_TIMEOUT_S, TLS_HANDSHAKE_MAX_S, Connection, Refusal, \
     Session
-from .errors import CannotListen, ConfigError, ErrorCode
+from .errors import CannotListen, ConfigError, ErrorCode, ShuttingDown
 from .journal import Journal
 from .limits import DAY_S, ConnectionCounter, KeyedRate, LoginThrottle, WindowLimit, ip_key
 from .memory import release_free_memory
@@ -392,7 +392,14 @@ class Server:
         many sessions come and go. bcrypt runs under a `hashing` slot: at
         most `slots` hashes at once, so a worker is free within one hash.
         """
-        return self._off_thread.submit(work, *args).result()
+        try:
+            return self._off_thread.submit(work, *args).result()
+        except (CancelledError, RuntimeError):
+            # shutdown() cancels what waits and refuses what comes: a
+            # connection caught between is told, like any other refusal.
+            if self.stopping.is_set():
+                raise ShuttingDown() from None
+            raise
 
     def hashing(self, deadline: float, ip: str) -> AbstractContextManager[bool]:
         """`with server.hashing(deadline, ip) as ok:` a turn at bcrypt for the

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from authchat import __version__
-from authchat.errors import BadCredentials
+from authchat.errors import BadCredentials, ShuttingDown
 
 from conftest import GOOD_PASSWORD, Runner
-from helpers import Client, add_user, add_users, eventually, logged_in, login_reply
+from helpers import Client, add_user, add_users, eventually, logged_in, login_reply, \
+    start_server
 
 OTHER_PASSWORD = "an entirely different phrase"
 
@@ -942,3 +943,14 @@ def test_a_client_that_never_reads_is_evicted(servers: Any) -> None:
     alice.send({"type": "say", "text": "after"})
     bob.expect("message", text="after")
     sloth.expect_closed()
+
+
+def test_work_caught_by_a_shutdown_is_a_refusal_not_a_crash(tmp_path: Path) -> None:
+    """A connection that asks for database or bcrypt work while the server
+    shuts down is told the server is shutting down, which it passes on to its
+    client, instead of failing with whatever the thread pool raised."""
+    server = start_server(tmp_path / "home")
+    server.shutdown()
+    with pytest.raises(ShuttingDown) as refused:
+        server.off_thread(lambda: None)
+    assert refused.value.code == "server_shutdown"
