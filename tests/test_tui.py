@@ -190,6 +190,14 @@ def test_a_slow_trust_answer_then_a_password_checked_before_it_is_sent(tmp_path:
     finally:
         term.kill()
         server.shutdown()
+    # Nothing listens there now: said at once, with no password asked for.
+    term = Tmux(tmp_path, authchat_in(tmp_path, "connect", "carol", "--port", port), env)
+    try:
+        screen = term.wait_for(f"cannot connect to 127.0.0.1:{port}")
+        assert "Password" not in screen
+        wait_exited(term)
+    finally:
+        term.kill()
 
 
 @pytest.mark.slow
