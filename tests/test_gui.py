@@ -949,6 +949,28 @@ def test_after_a_restart_no_message_is_shown_twice(gui: Callable[..., Gui],
         bob.send({"type": "say", "text": "said after the restart"})
         window.wait_for(lambda: "said after the restart" in window.room(), "bob again")
         assert window.room().count("said before the restart") == 1, window.room()
+        bob.close()
+
+        # Then more is said while alice is away than the server gives back at
+        # login: the room says so, and the window is connected all the same.
+        elsewhere = start_server(home, history__on_join=2)  # while `port` is taken
+        server.shutdown()
+        bob = Client(elsewhere.address)
+        bob.login("bob")
+        for n in range(3):
+            bob.send({"type": "say", "text": f"said while alice was away {n}"})
+            while bob.recv().get("text") != f"said while alice was away {n}":
+                pass  # what bob is given at login
+        bob.close()
+        elsewhere.shutdown()
+        server = start_server(home, history__on_join=2, server__port=port)
+        view = window.view
+        window.wait_for(lambda: "away 2" in window.room(), "the last of them", timeout=30)
+        assert "only the last messages follow" in window.room()
+        assert "away 0" not in window.room()
+        window.wait_for(lambda: view.listed == ["alice"], "alice listed again")
+        assert view.online.cget("text") == "Online: 1"
+        assert view.status.cget("text") == "connected"
     finally:
         bob.close()
         server.shutdown()

@@ -230,8 +230,10 @@ class ChatView(Timed, ttk.Frame):
         self._ask_roles()
 
     def _notice(self, notice: Notice) -> None:
-        state = notice.text if notice.kind == "reconnecting" else \
-            CONNECTION_STATE.get(notice.kind, notice.text)
+        if notice.kind not in CONNECTION_STATE:  # news in the room ("missed"), not a state
+            self.conversations[""].add(render(notice, self.me))
+            return
+        state = notice.text if notice.kind == "reconnecting" else CONNECTION_STATE[notice.kind]
         if notice.kind == "ended":
             state = f"disconnected: {notice.text}"
             self.entry.configure(state="disabled")
