@@ -205,6 +205,8 @@ def _password_for(options: ClientOptions, username: str, from_stdin: bool, *,
         return _read_new_password(True)
     if not sys.stdin.isatty():
         raise CliError("no terminal to ask for the password on; use --password-stdin")
+    if new:
+        validate_username(username)  # the server's rule for names it is sent
     hello = client.probe(options, _ask_trust if _interactive() else None)
     if not new:
         password: str = click.prompt("Password", hide_input=True, err=True)
@@ -216,17 +218,23 @@ def _password_for(options: ClientOptions, username: str, from_stdin: bool, *,
 
 
 def _ask_new_password(username: str, policy: PasswordPolicy) -> str:
-    """A new password typed twice, asked again while it breaks `policy`."""
-    def acceptable(password: str) -> str:
+    """A new password typed twice, asked again while it breaks `policy`.
+
+    The loop is ours, not click.prompt's value_proc: for hidden input, the
+    click releases before 2026 that pyproject admits print only "The value
+    you entered was invalid", not the reason, which is the one thing to say.
+    """
+    while True:
+        password: str = click.prompt("Password", hide_input=True, err=True)
         try:
             policy.check(password, username)
         except InvalidPassword as e:
-            raise click.UsageError(str(e)) from None
-        return password
-
-    password: str = click.prompt("Password", hide_input=True, confirmation_prompt=True,
-                                 value_proc=acceptable, err=True)
-    return password
+            click.echo(f"Error: {e}", err=True)
+            continue
+        again: str = click.prompt("Repeat for confirmation", hide_input=True, err=True)
+        if again == password:
+            return password
+        click.echo("Error: The two entered values do not match.", err=True)
 
 
 @cli.command("register")
