@@ -519,6 +519,7 @@ class Chat:
         self.login_if_taken = login_if_taken  # registering a name that exists: log in instead?
         self.invite = invite
         self.welcome: dict[str, Any] = {}
+        self.hello: dict[str, Any] = {}  # the server's, on the link in use
         self.ended = threading.Event()
         self.end_reason: str | None = None
         self._link: Link | None = None
@@ -554,6 +555,7 @@ class Chat:
 
     def _connect(self, first: bool = False) -> tuple[Link, dict[str, Any]]:
         link = open_link(self.options, self.confirm if first else None)
+        self.hello = link.hello
         try:
             if first and self.register_first:
                 try:
@@ -616,7 +618,13 @@ class Chat:
 
         After an `ok`, the new password is the one used to log in again
         after a drop (the old one would be refused).
+
+        Raises:
+            InvalidPassword: `new` breaks the server's rules (its hello's);
+                nothing was sent.
+            ClientError: as `request`.
         """
+        password_policy(self.hello).check(new, self.username)
         reply = self.request(commands.change_password(old, new))
         if reply.get("type") == "ok":
             self._password = new
@@ -704,7 +712,9 @@ class Chat:
                 pending.reply = frame
                 pending.done.set()
                 return None
-        if kind == "error" and frame.get("code") in FINAL_CODES:
+        # A reply that came after its request gave up waiting is no verdict on
+        # the session: a late `bad_credentials` is a wrong old password.
+        if kind == "error" and frame.get("code") in FINAL_CODES and "re" not in frame:
             return frame  # said once, by the notice that the session ended
         if kind == "message" and not self._is_news(frame):
             return None
@@ -715,7 +725,11 @@ class Chat:
 
     def _is_news(self, frame: dict[str, Any]) -> bool:
         """False for a room message this session has shown already (given
-        again after a reconnect); says so if the replay leaves a gap."""
+        again after a reconnect); says so if the replay leaves a gap.
+
+        This rests on the protocol's promise that ids only ever increase,
+        across restarts too (a server put back to an older copy of its
+        database would break it: its new messages would look seen)."""
         msg_id = frame.get("id")
         if not isinstance(msg_id, int) or isinstance(msg_id, bool):
             return True

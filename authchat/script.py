@@ -44,14 +44,13 @@ class Printer:
         self._lock = threading.Lock()
 
     def __call__(self, event: Event) -> None:
-        if isinstance(event, Notice) and self.as_json:
-            if event.frame is not None:  # the server's own words, as it sent them
-                event = event.frame
-            elif event.kind != "ended":  # `run` says why the session ended
-                complain(event.text)
-                return
-            else:
-                return
+        if isinstance(event, Notice) and event.kind == "ended":
+            if not (self.as_json and event.frame is not None):
+                return  # `run` says why on stderr, once
+            event = event.frame  # the server's own words, as it sent them
+        elif isinstance(event, Notice) and self.as_json:
+            complain(event.text)
+            return
         line = escape_json(json.dumps(event, ensure_ascii=False, separators=(",", ":"))) \
             if self.as_json and isinstance(event, dict) else plain(render(event, self.me))
         if line:

@@ -4,8 +4,8 @@ The input line stays at the bottom and is never garbled: events from the
 reader thread are printed with print_formatted_text, which prompt_toolkit
 draws above a running prompt (it hands the drawing to the prompt's own event
 loop). Up/down walk the history of this run; /quit, or Ctrl-D on an empty
-line, leaves. Ctrl-C keeps what is typed and says how to leave, as irssi and
-WeeChat do (a second Ctrl-C straight after leaves too). A bottom bar shows who
+line, leaves. Ctrl-C does not quit, as in irssi and WeeChat: it keeps what is
+typed and says how to leave (a second Ctrl-C straight after leaves too). A bottom bar shows who
 you are, where, and whether the connection is up.
 
 UI only: connecting, reconnecting and the protocol are client.py's.
@@ -24,9 +24,10 @@ from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.styles import Style
 
-from .client import Chat, ClientError, Event, Notice
+from .client import Chat, Event, Notice
 from .commands import HELP, Local, Mistake, Send, parse
 from .display import CONNECTION_STATE, STYLE, render
+from .errors import AuthchatError
 
 style = Style.from_dict(STYLE | {"bottom-toolbar": "noreverse #aaaaaa bg:#222222"})
 
@@ -91,8 +92,12 @@ class Screen:
                                            refresh_interval=1.0)
             except (EOFError, KeyboardInterrupt):
                 break
-            if not self._act(line):
-                break
+            try:
+                if not self._act(line):
+                    break
+            except KeyboardInterrupt:  # while waiting for an answer: the same as at the prompt
+                self._interrupted_at = time.monotonic()
+                self.note(HOW_TO_LEAVE)
         ended = self.chat.ended.is_set()
         self.chat.close()
         return 1 if ended else 0
@@ -122,7 +127,7 @@ class Screen:
     def _answer(self, ask: Callable[[], dict[str, Any]]) -> bool:
         try:
             reply = ask()
-        except ClientError as e:
+        except AuthchatError as e:  # not sent (InvalidPassword), or no answer (ClientError)
             self.note(f"!!! {e}", "class:error")
             return False
         if reply.get("type") != "ok":  # errors, and who's answer

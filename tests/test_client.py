@@ -15,6 +15,7 @@ import pytest
 
 from authchat.client import Chat, ClientError, ClientOptions, Notice, ServerError, \
     TrustError, describe_error, open_link
+from authchat.errors import InvalidPassword
 from authchat.tls import CERT_FILENAME, KnownServers
 
 from conftest import GOOD_PASSWORD, cli_env
@@ -500,7 +501,31 @@ def test_kicked_ends_a_script_with_the_reason(servers: Any, client_env: dict[str
     out = alice.stdout.read()
     alice.stdin.close()
     assert alice.returncode == 1 and "removed from the server (kicked by root: testing)" in err
-    assert out.count("kicked by root: testing") == 1, out  # said once, not as error and notice
+    assert err.count("kicked by root: testing") == 1, err  # said once, where errors go
+    assert "kicked by root" not in out, out
+
+
+def test_json_mode_ends_with_the_servers_own_frame(servers: Any,
+                                                   client_env: dict[str, str]) -> None:
+    server = servers(tls__enabled=True)
+    add_user(server, "alice")
+    add_user(server, "root", role="admin")
+    alice = script_client(client_env, "alice", "--json", *target(server, "--password-stdin"))
+    assert alice.stdin is not None and alice.stdout is not None
+    alice.stdin.write(GOOD_PASSWORD + "\n/who\n")
+    alice.stdin.flush()
+    assert json.loads(alice.stdout.readline())["type"] == "who"
+    admin = Client(server.address, cafile=server.config.data_dir / CERT_FILENAME)
+    admin.login("root")
+    admin.send({"type": "kick", "username": "alice", "reason": "testing"})
+    admin.expect("ok")
+    alice.wait(timeout=30)
+    frames = [json.loads(line) for line in alice.stdout.read().splitlines()]
+    err = alice.stderr.read() if alice.stderr else ""
+    alice.stdin.close()
+    assert [f for f in frames if f.get("type") == "error"] == [
+        {"type": "error", "code": "kicked", "message": "kicked by root: testing"}]
+    assert alice.returncode == 1 and err.count("kicked by root: testing") == 1, err
 
 
 # -- reconnecting ---------------------------------------------------------------------
@@ -581,9 +606,10 @@ def test_after_a_reconnect_only_what_was_not_shown_is_shown(tmp_path: Path) -> N
         wait_for(is_notice("back"))
         bob_says(server, "three")
         wait_for(said("three"))
-        server.shutdown()
-        # More is said while alice is away than the server gives back (3).
+        # More is said while alice is away than the server gives back (3),
+        # on a server started while `port` is still taken, so not on it.
         elsewhere = start_server(home, history__on_join=3)
+        server.shutdown()
         bob_says(elsewhere, "four", "five", "six", "seven")
         elsewhere.shutdown()
         server = start_server(home, history__on_join=3, server__port=port)
@@ -784,3 +810,42 @@ def test_scripts_see_history_at_login_and_page_further(servers: Any,
     assert texts == ["m3", "m4",                      # shown at login
                      "m0", "m1", "m2", "*** that is the first message",
                      "*** no older messages"]
+
+
+def test_a_new_password_that_breaks_the_rules_is_not_sent(servers: Any, tmp_path: Path) -> None:
+    server = servers(auth__min_password_length=20)
+    add_user(server, "alice")
+    chat, _ = alice_chat(tmp_path, server.address[1])
+    try:
+        chat.start()
+        with pytest.raises(InvalidPassword, match="at least 20 characters"):
+            chat.change_password(GOOD_PASSWORD, "sixteen chars ok")
+        assert not any(e.action == "user.passwd" for e in server.store.audit_entries(50))
+        assert server.store.authenticate("alice", GOOD_PASSWORD)
+    finally:
+        chat.close()
+
+
+def test_a_refusal_that_comes_after_its_request_gave_up_does_not_end_the_session(
+        tmp_path: Path) -> None:
+    scripted = ScriptedServer()
+    chat, events = alice_chat(tmp_path, scripted.port)
+    try:
+        starting = threading.Thread(target=chat.start)
+        starting.start()
+        scripted.let_in()
+        starting.join(10)
+        with pytest.raises(ClientError, match="did not answer in time"):
+            chat.request({"type": "passwd", "old": "wrong", "new": OTHER_PASSWORD},
+                         timeout=0.2)
+        request = scripted.recv() or {}
+        # The answer to that request comes late: a wrong old password.
+        scripted.send({"type": "error", "code": "bad_credentials",
+                       "message": "wrong password", "re": request.get("id")})
+        scripted.send({"type": "message", "id": 7, "from": "bob", "text": "still here",
+                       "ts": "2026-12-04T10:00:00.000Z"})
+        next_event(events, lambda e: isinstance(e, dict) and e.get("text") == "still here")
+        assert not chat.ended.is_set()
+    finally:
+        chat.close()
+        scripted.close()
