@@ -497,6 +497,8 @@ class Connection:
             return []
         try:
             return self.server.off_thread(journal.waiting_for, user.id)
+        except ShuttingDown:
+            return []  # kept for the next login
         except AuthchatError as e:
             log.warning("could not read the DMs kept for %s: %s", escape(user.username), e)
             return []
@@ -508,6 +510,8 @@ class Connection:
         try:
             self.server.off_thread(self.server.journal.log.mark_delivered,
                                    [m.id for m in waiting])
+        except ShuttingDown:
+            pass  # given again at the next login, as the docstring says
         except AuthchatError as e:
             log.warning("could not mark %d kept DMs as given: %s", len(waiting), e)
 

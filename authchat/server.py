@@ -392,14 +392,18 @@ class Server:
         many sessions come and go. bcrypt runs under a `hashing` slot: at
         most `slots` hashes at once, so a worker is free within one hash.
         """
+        # shutdown() refuses new work and cancels what waits: a connection
+        # caught between is told, like any other refusal.
         try:
-            return self._off_thread.submit(work, *args).result()
-        except (CancelledError, RuntimeError):
-            # shutdown() cancels what waits and refuses what comes: a
-            # connection caught between is told, like any other refusal.
+            future = self._off_thread.submit(work, *args)
+        except RuntimeError:  # "cannot schedule new futures after shutdown"
             if self.stopping.is_set():
                 raise ShuttingDown() from None
             raise
+        try:
+            return future.result()
+        except CancelledError:
+            raise ShuttingDown() from None
 
     def hashing(self, deadline: float, ip: str) -> AbstractContextManager[bool]:
         """`with server.hashing(deadline, ip) as ok:` a turn at bcrypt for the
