@@ -344,9 +344,16 @@ class KnownServers:
 
     def _append(self, line: str) -> None:
         ensure_private_dir(self.path.parent)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a+b") as f:
+            # A file edited by hand may lack its last newline: the new line
+            # must not be glued to that one, or neither would be found.
+            end = f.seek(0, os.SEEK_END)
+            if end > 0:
+                f.seek(end - 1)
+                if f.read(1) != b"\n":
+                    line = "\n" + line
+            f.write((line + "\n").encode("utf-8"))  # O_APPEND: at the end, whatever the seek
 
 
 def server_key(host: str, port: int) -> str:

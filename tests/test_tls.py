@@ -111,6 +111,16 @@ def test_the_known_servers_file_holds_pins_and_servers_an_authority_vouched_for(
     assert path.read_text().endswith(f"new.example:1 ca {other}\n[::1]:7 {fp}\n")
 
 
+def test_a_pin_added_to_a_file_edited_by_hand_keeps_both_lines(tmp_path: Path) -> None:
+    fp, other = fingerprint(b"one"), fingerprint(b"two")
+    path = tmp_path / "known_servers"
+    path.write_text(f"a.example:5555 {fp}")  # saved by an editor without a last newline
+    known = KnownServers(path)
+    known.remember("b.example", 5555, other)
+    assert known.get("a.example", 5555) == fp
+    assert known.get("b.example", 5555) == other
+
+
 def test_shared_key_file_is_refused(tmp_path: Path) -> None:
     server = start_server(tmp_path / "home", tls__enabled=True)
     server.shutdown()
