@@ -186,6 +186,8 @@ def test_a_slow_trust_answer_then_a_password_checked_before_it_is_sent(tmp_path:
         term.wait_for("Password:")
         term.type("too short")
         term.wait_for("Error: password must be at least 15 characters")
+        # Asked again: typed only once the prompt is back (it drops what came early).
+        term.wait_until(lambda screen: screen.count("Password:") == 2, "a second prompt")
         term.type(GOOD_PASSWORD)
         term.wait_for("Repeat for confirmation:")
         term.type(GOOD_PASSWORD)
