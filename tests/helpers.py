@@ -10,7 +10,6 @@ import datetime
 import ipaddress
 import json
 import os
-import pty
 import re
 import resource
 import select
@@ -147,9 +146,14 @@ def run_in_pty(args: list[str], env: dict[str, str], answers: list[tuple[bytes, 
     its prompt has appeared once more than it had been answered, so a prompt
     asked again (a mismatched confirmation) gets the next reply.
     """
-    pid, fd = pty.fork()
-    if pid == 0:  # the child
-        os.execve(sys.executable, [sys.executable, "-m", "authchat", *args], env)
+    # Not pty.fork(): forking this multi-threaded process (servers run in
+    # threads here) can deadlock the child. setsid(1) starts the command in a
+    # session of its own with the pty as its controlling terminal, which is
+    # what a password prompt reads from.
+    fd, terminal = os.openpty()
+    child = subprocess.Popen(["setsid", "--ctty", "--wait", sys.executable, "-m", "authchat",
+                              *args], stdin=terminal, stdout=terminal, stderr=terminal, env=env)
+    os.close(terminal)
     transcript, pending, answered = b"", list(answers), Counter[bytes]()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -167,9 +171,14 @@ def run_in_pty(args: list[str], env: dict[str, str], answers: list[tuple[bytes, 
             prompt, reply = pending.pop(0)
             answered[prompt] += 1
             os.write(fd, reply)
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    return os.waitstatus_to_exitcode(status), transcript.decode(errors="replace")
+    try:
+        status = child.wait(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        if child.poll() is None:  # still asking for something: end it, then fail
+            child.kill()
+            child.wait()
+        os.close(fd)
+    return status, transcript.decode(errors="replace")
 
 
 PEM = serialization.Encoding.PEM
