@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__, client, script
+from . import __version__, client
+from .client import script
 from .client import ClientOptions
 from .config import Config, load_config
 from .errors import AuthchatError, ConfigError, InvalidPassword, StoreBusy, UsernameTaken
@@ -281,7 +282,7 @@ def connect_command(settings: Settings, /, username: str, password_stdin: bool,
     chat.start()
     printer.me = chat.username
     if interactive:
-        from . import tui  # prompt_toolkit is only needed on a terminal
+        from .client import tui  # prompt_toolkit is only needed on a terminal
 
         screen = tui.Screen(chat)
         chat.on_event = screen.show
@@ -300,7 +301,7 @@ def gui_command(settings: Settings, /, username: str, **connection: Any) -> None
     """Chat in a desktop window (the password is asked for there)."""
     options = _client_options(settings, **connection)
     try:
-        from . import gui  # tkinter is only needed for the window
+        from .client import gui  # tkinter is only needed for the window
     except ImportError as e:
         raise CliError(f"the desktop client needs tkinter, which this Python lacks ({e}); "
                        "the terminal client is `authchat connect`") from None

@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from authchat.client import ClientOptions
-from authchat.gui import App
-from authchat.gui.threads import WORK_PER_TICK
+from authchat.client.gui import App
+from authchat.client.gui.threads import WORK_PER_TICK
 from authchat.tls import CERT_FILENAME, fingerprint
 
 from .drivers import account
@@ -127,7 +127,7 @@ def one_run(display: str, server: Authchat, messages: int, per_tick: int,
         beats, marks, flooder = _watch_a_flood(display, server, messages, per_tick, workdir)
     finally:
         # The window's objects, which became garbage as the watch returned, are
-        # collected here on the Tk thread (see authchat.gui.collected_here).
+        # collected here on the Tk thread (see authchat.client.gui.collected_here).
         gc.collect()
         gc.enable()
     if "shown" not in marks:

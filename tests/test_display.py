@@ -7,10 +7,10 @@ import json
 import re
 
 from authchat.client import Notice
-from authchat.commands import Local, Mistake, Send, parse
-from authchat.display import plain, render
+from authchat.client.commands import Local, Mistake, Send, parse
+from authchat.client.display import plain, render
 from authchat.sanitize import escape, escape_json
-from authchat.script import Printer
+from authchat.client.script import Printer
 
 
 def message(sender: str, text: str) -> dict[str, object]:

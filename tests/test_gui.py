@@ -27,16 +27,16 @@ from helpers import Client, add_user, start_server
 
 tk = pytest.importorskip("tkinter", reason="this Python has no tkinter: no desktop client")
 
-from authchat.gui import App, collected_here  # noqa: E402  (needs tkinter)
-from authchat.gui.chat_window import ChatView  # noqa: E402
-from authchat.gui.widgets import Dialog  # noqa: E402
+from authchat.client.gui import App, collected_here  # noqa: E402  (needs tkinter)
+from authchat.client.gui.chat_window import ChatView  # noqa: E402
+from authchat.client.gui.widgets import Dialog  # noqa: E402
 from bench.gui import NoScreen, x_display  # noqa: E402  (the benchmark's display, shared)
 
 T = TypeVar("T")
 WAIT_S = 15.0
 # Every root window made here, kept to the end of the run: a failing test's
 # traceback keeps its window alive, and when that finally let go on some
-# other thread, Tcl would abort the whole run (see authchat.gui.collected_here).
+# other thread, Tcl would abort the whole run (see authchat.client.gui.collected_here).
 KEPT_UNTIL_EXIT: list[tk.Tk] = []
 SCREEN = (1280, 800)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from authchat.roster import Roster, dm_peer
+from authchat.client.roster import Roster, dm_peer
 
 
 def test_presence_frames_keep_the_list() -> None:

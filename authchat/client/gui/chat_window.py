@@ -17,11 +17,12 @@ from functools import partial
 from tkinter import ttk
 from typing import Any
 
-from ..client import Chat, Event, Notice, describe_error
+from ..link import describe_error
+from ..session import Chat, Event, Notice
 from ..commands import HELP, Local, Mistake, Send, moderate, parse, who
 from ..display import CONNECTION_STATE, render
 from ..roster import Roster, dm_peer
-from ..sanitize import escape
+from ...sanitize import escape
 from .threads import Jobs
 from .widgets import TONES, Conversation, Dialog, StatusBar, Timed, alert
 

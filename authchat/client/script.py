@@ -17,10 +17,11 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
-from .client import Chat, ClientError, Event, Notice, describe_error
+from .link import ClientError, describe_error
+from .session import Chat, Event, Notice
 from .commands import HELP, Local, Mistake, Send, parse
 from .display import plain, render
-from .sanitize import escape, escape_json
+from ..sanitize import escape, escape_json
 
 EXIT_OK = 0
 EXIT_FAILED = 1        # a line was refused, or the server ended the session

@@ -24,7 +24,7 @@ import tkinter as tk
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import AuthchatError
+from ...errors import AuthchatError
 
 log = logging.getLogger(__name__)
 

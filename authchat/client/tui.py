@@ -8,7 +8,7 @@ line, leaves. Ctrl-C does not quit, as in irssi and WeeChat: it keeps what is
 typed and says how to leave (a second Ctrl-C straight after leaves too). A bottom bar shows who
 you are, where, and whether the connection is up.
 
-UI only: connecting, reconnecting and the protocol are client.py's.
+UI only: connecting, reconnecting and the protocol are link.py's and session.py's.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.styles import Style
 
-from .client import Chat, Event, Notice
+from .session import Chat, Event, Notice
 from .commands import HELP, Local, Mistake, Send, parse
 from .display import CONNECTION_STATE, STYLE, render
-from .errors import AuthchatError
+from ..errors import AuthchatError
 
 style = Style.from_dict(STYLE | {"bottom-toolbar": "noreverse #aaaaaa bg:#222222"})
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from .client import Event, Notice, describe_error
-from .sanitize import escape, escape_keeping_newlines
+from .link import describe_error
+from .session import Event, Notice
+from ..sanitize import escape, escape_keeping_newlines
 
 Fragments = list[tuple[str, str]]
 
