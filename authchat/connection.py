@@ -18,7 +18,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import __version__, protocol
 from .errors import (
@@ -34,23 +34,34 @@ from .errors import (
 )
 from .limits import TokenBucket
 from .sanitize import escape, redacted
-from .journal import history_frame, waiting_frames
+from .journal import history_event, waiting_frames
 from .protocol import (
     Ban,
     Dm,
+    ErrorReply,
+    Hello,
     History,
+    HistoryPage,
     Kick,
     Login,
+    Ok,
+    OnlineUser,
+    OutgoingEvent,
     Passwd,
     Ping,
     Pong,
+    PongReply,
     Quit,
     Register,
     Request,
     Say,
+    ServerPing,
     ServerProtocol,
     Violation,
+    Welcome,
     Who,
+    WhoList,
+    encode_event,
 )
 from .room import Outbox
 from .store import DatabaseError, User
@@ -147,13 +158,13 @@ class Session:
         self.end(ErrorCode.KICKED, "your password was changed; log in again",
                  "password_changed")
 
-    def reply(self, frame: dict[str, Any]) -> None:
-        self.deliver(protocol.encode(frame))
+    def reply(self, event: OutgoingEvent) -> None:
+        self.deliver(encode_event(event))
 
     def end(self, code: ErrorCode | None, message: str, reason: str,
             discard: bool = False) -> None:
         """End the session once: `code` is the last frame the client gets."""
-        final = protocol.encode(protocol.error(code, message)) if code is not None else None
+        final = encode_event(ErrorReply(code, message)) if code is not None else None
         if self.outbox.close(final, discard=discard):
             self.end_reason = reason
             self.close_by = time.monotonic() + EVICTION_GRACE_S
@@ -268,15 +279,15 @@ class Connection:
 
     # -- before login -------------------------------------------------------
 
-    def _send_now(self, frame: dict[str, Any]) -> None:
+    def _send_now(self, event: OutgoingEvent) -> None:
         """Write directly: only before login, when this thread is the only writer."""
         assert self.transport is not None and self.session is None
-        self.transport.sendall(protocol.encode(frame))
+        self.transport.sendall(encode_event(event))
 
     def _fail(self, code: ErrorCode, message: str, re_: protocol.RequestId = None,
               retry_after: float | None = None) -> None:
         """Send a fatal error before login, then close gracefully."""
-        self._send_now(protocol.error(code, message, re_, retry_after))
+        self._send_now(ErrorReply(code, message, re_, retry_after))
         self._linger()
 
     def _linger(self) -> None:
@@ -292,9 +303,9 @@ class Connection:
 
     def _handshake(self) -> User | None:
         cfg = self.server.config
-        self._send_now(protocol.hello(f"authchat/{__version__}", cfg.server.registration,
-                                      self.server.tls_context is not None,
-                                      cfg.auth.min_password_length))
+        self._send_now(Hello(f"authchat/{__version__}", cfg.server.registration,
+                              self.server.tls_context is not None,
+                              cfg.auth.min_password_length))
         assert self.transport is not None
         while True:
             try:
@@ -323,10 +334,10 @@ class Connection:
             if event.fatal:
                 self._fail(event.code, event.message, event.re)
                 return False
-            self._send_now(protocol.error(event.code, event.message, event.re))
+            self._send_now(ErrorReply(event.code, event.message, event.re))
             return None
         if isinstance(event, Ping):
-            self._send_now(protocol.pong(event.id))
+            self._send_now(PongReply(event.id))
             return None
         if isinstance(event, Quit):
             self._linger()
@@ -360,7 +371,7 @@ class Connection:
         if isinstance(outcome, User):
             return outcome
         refusal = outcome
-        self._send_now(protocol.error(refusal.code, refusal.message, request.id,
+        self._send_now(ErrorReply(refusal.code, refusal.message, request.id,
                                       refusal.retry_after))
         log.info("%s failed from %s: %s (%s)", type(request).__name__.lower(), self.ip,
                  refusal.code, _name_for_log(request.username, refusal.names_an_account))
@@ -439,8 +450,8 @@ class Connection:
         self._end_sessions_of_a_former_holder(user)
         waiting = self._waiting_dms(user)
         admitted = self.server.room.enter(
-            session, lambda names: protocol.encode(
-                protocol.welcome(user.username, user.role, names, self._welcome_re)),
+            session, lambda names: encode_event(
+                Welcome(user.username, user.role, tuple(names), self._welcome_re)),
             waiting_frames(waiting))
         if admitted and waiting:
             self._given(waiting)
@@ -529,7 +540,7 @@ class Connection:
                 if pinged:
                     session.end(None, "", "timeout")
                     return
-                session.reply(protocol.ping())
+                session.reply(ServerPing())
                 pinged = True
                 continue
             if not data:
@@ -558,7 +569,7 @@ class Connection:
         if wait <= 0:
             return True
         self._say_all(session, says)
-        session.reply(protocol.error(ErrorCode.RATE_LIMITED, "slow down", event.id, wait))
+        session.reply(ErrorReply(ErrorCode.RATE_LIMITED, "slow down", event.id, wait))
         time.sleep(wait)  # back-pressure: read no more from a flooder until it may send
         return False
 
@@ -571,7 +582,7 @@ class Connection:
             try:
                 self._say(session, texts)
             except AuthchatError as e:  # not stored, so not sent: the sender must know
-                session.reply(protocol.error(e.code, _public_message(e)))
+                session.reply(ErrorReply(e.code, _public_message(e)))
 
     def _say(self, session: Session, texts: list[str]) -> list[int]:
         """Store (with history on) and broadcast; the messages' ids."""
@@ -585,35 +596,36 @@ class Connection:
             if event.fatal:
                 session.end(event.code, event.message, "disconnect")
             else:
-                session.reply(protocol.error(event.code, event.message, event.re))
+                session.reply(ErrorReply(event.code, event.message, event.re))
             return
         if isinstance(event, Pong) or not self._take_token(session, event, []):
             return
         try:
             self._dispatch(session, event)
         except AuthchatError as e:
-            session.reply(protocol.error(e.code, _public_message(e), event.id))
+            session.reply(ErrorReply(e.code, _public_message(e), event.id))
         except Exception:
             log.exception("request from %s failed", escape(session.username))
-            session.reply(protocol.error(ErrorCode.SERVER_ERROR, INTERNAL_ERROR, event.id))
+            session.reply(ErrorReply(ErrorCode.SERVER_ERROR, INTERNAL_ERROR, event.id))
 
     def _dispatch(self, session: Session, request: Request) -> None:
         room = self.server.room
         if isinstance(request, Say):
             msg_id = self._say(session, [request.text])[0]
             if request.id is not None:
-                session.reply(protocol.ok(request.id, message=msg_id))
+                session.reply(Ok(request.id, message=msg_id))
         elif isinstance(request, Dm):
             self._direct(session, request)
         elif isinstance(request, History):
             session.reply(self._history(session, request))
         elif isinstance(request, Who):
-            session.reply(protocol.who(room.who(), request.id))
+            online = tuple(OnlineUser(u["username"], u["role"]) for u in room.who())
+            session.reply(WhoList(online, request.id))
         elif isinstance(request, Ping):
-            session.reply(protocol.pong(request.id))
+            session.reply(PongReply(request.id))
         elif isinstance(request, Quit):
             if request.id is not None:
-                session.reply(protocol.ok(request.id))
+                session.reply(Ok(request.id))
             session.end(None, "", "quit")
         elif isinstance(request, Passwd):
             self._change_password(session, request)
@@ -626,18 +638,18 @@ class Connection:
             dm_id = self.server.room.direct(session, request.to, request.text)
             if dm_id is None:
                 raise NoSuchUser(f"{request.to[:64]} is not online")
-            fields: dict[str, Any] = {"message": dm_id}
+            ok = Ok(request.id, message=dm_id)
         else:
             sent = journal.direct(session, request.to, request.text)
-            fields = {"message": sent.id, **({"queued": True} if sent.queued else {})}
+            ok = Ok(request.id, message=sent.id, queued=sent.queued)
         if request.id is not None:
-            session.reply(protocol.ok(request.id, **fields))
+            session.reply(ok)
 
-    def _history(self, session: Session, request: History) -> dict[str, Any]:
+    def _history(self, session: Session, request: History) -> HistoryPage:
         """A page of older messages: the room's, or the DMs with one person."""
         journal = self.server.journal
         if journal is None:
-            return protocol.history([], False, request.id)
+            return HistoryPage((), False, request.id)
         if request.with_user is None:
             page, more = self.server.off_thread(journal.log.room_page, request.before,
                                                 request.limit)
@@ -645,7 +657,7 @@ class Connection:
             page, more = self.server.off_thread(journal.log.dm_page, session.account_id,
                                                 request.with_user, request.before,
                                                 request.limit)
-        return protocol.history([history_frame(m) for m in page], more, request.id)
+        return HistoryPage(tuple(history_event(m) for m in page), more, request.id)
 
     def _change_password(self, session: Session, request: Passwd) -> None:
         """A guess at the old password counts like a login's: a session left
@@ -654,19 +666,19 @@ class Connection:
         deadline = time.monotonic() + server.config.limits.handshake_timeout_s
         with server.login_attempt(self.ip, session.username) as wait:
             if wait > 0:
-                session.reply(protocol.error(ErrorCode.RATE_LIMITED,
+                session.reply(ErrorReply(ErrorCode.RATE_LIMITED,
                                              "too many failed attempts; try later",
                                              request.id, wait))
                 return
             with server.hashing(deadline, self.ip) as got_slot:
                 if not got_slot:
-                    session.reply(protocol.error(ErrorCode.RATE_LIMITED, "the server is busy",
+                    session.reply(ErrorReply(ErrorCode.RATE_LIMITED, "the server is busy",
                                                  request.id, 1.0))
                     return
                 if not self._set_password_of(session, request):
                     return
         log.info("%s changed their password", escape(session.username))
-        session.reply(protocol.ok(request.id))
+        session.reply(Ok(request.id))
 
     def _set_password_of(self, session: Session, request: Passwd) -> bool:
         """Make the change; False if the session has ended, its password changed
@@ -710,10 +722,10 @@ class Connection:
         except NoSuchUser:
             actor = None
         if actor is None or actor.role != "admin" or actor.disabled:
-            session.reply(protocol.error(ErrorCode.FORBIDDEN, "admins only", request.id))
+            session.reply(ErrorReply(ErrorCode.FORBIDDEN, "admins only", request.id))
             return
         if request.username.lower() == session.username.lower():
-            session.reply(protocol.error(ErrorCode.BAD_REQUEST, "you cannot do that to "
+            session.reply(ErrorReply(ErrorCode.BAD_REQUEST, "you cannot do that to "
                                          "yourself", request.id))
             return
         targets = server.room.sessions_of(request.username)
@@ -725,7 +737,7 @@ class Connection:
         verb = "banned" if isinstance(request, Ban) else "kicked"
         note = f"{verb} by {session.username}" + (f": {request.reason}" if request.reason else "")
         # ok first: the target's leave must not overtake it in the admin's stream
-        session.reply(protocol.ok(request.id))
+        session.reply(Ok(request.id))
         for target in targets:
             assert isinstance(target, Session)
             target.end(ErrorCode.KICKED, note, "kicked")

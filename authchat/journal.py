@@ -28,7 +28,6 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 from . import protocol
 from .errors import AuthchatError, ErrorCode, NoSuchUser, StorageError
@@ -198,7 +197,7 @@ class Journal:
     def _send_direct(self, entry: _Entry, ts: str) -> None:
         assert entry.to is not None
         msg_id, text = entry.ids[0], entry.texts[0]
-        frame = protocol.encode(protocol.direct_message(
+        frame = protocol.encode_event(protocol.DirectMessage(
             msg_id, entry.sender.username, entry.to, text, ts))
         if entry.queued:  # the recipient gets it at login; the sender sees it now
             self.room.to_account(entry.sender.username, frame)
@@ -236,17 +235,16 @@ class ShuttingDown(AuthchatError):
     code = ErrorCode.SERVER_SHUTDOWN
 
 
-def history_frame(message: StoredMessage) -> dict[str, Any]:
-    """A stored message as history gives it back: a message or dm frame, marked."""
+def history_event(message: StoredMessage) -> protocol.Said:
+    """A stored message as history gives it back: a message or DM, marked."""
     if message.recipient is None:
-        frame = protocol.message(message.id, message.sender, message.text, message.ts)
-    else:
-        frame = protocol.direct_message(message.id, message.sender, message.recipient,
-                                        message.text, message.ts)
-    return protocol.from_history(frame)
+        return protocol.Message(message.id, message.sender, message.text, message.ts,
+                                history=True)
+    return protocol.DirectMessage(message.id, message.sender, message.recipient,
+                                  message.text, message.ts, history=True)
 
 
 def waiting_frames(messages: list[StoredMessage]) -> list[bytes]:
     """DMs kept for someone offline, encoded for their login."""
-    return [protocol.encode(history_frame(m)) for m in messages]
+    return [protocol.encode_event(history_event(m)) for m in messages]
 

@@ -259,12 +259,12 @@ class Room:
             first = not sessions
             sessions.append(member)
             if first:  # before following the feed: nobody is told of their own join
-                self._broadcast(protocol.encode(protocol.join(member.username, member.role)))
+                self._broadcast(protocol.encode_event(protocol.Join(member.username, member.role)))
             member.outbox.follow(self.feed)
             member.deliver(welcome(self._usernames()))
             for msg_id, sender, text, ts in self._recent:
-                member.deliver(protocol.encode(protocol.from_history(
-                    protocol.message(msg_id, sender, text, ts))))
+                member.deliver(protocol.encode_event(
+                    protocol.Message(msg_id, sender, text, ts, history=True)))
             for data in waiting or ():
                 member.deliver(data)
             return True
@@ -280,7 +280,7 @@ class Room:
             if not sessions:
                 del self._members[key]
                 if not self.closing:
-                    self._broadcast(protocol.encode(protocol.leave(member.username, reason)))
+                    self._broadcast(protocol.encode_event(protocol.Leave(member.username, reason)))
             return True
 
     def say(self, sender: Member, text: str) -> int:
@@ -342,9 +342,8 @@ class Room:
             if not targets:
                 return None
             msg_id = self._next_id() if msg_id is None else msg_id
-            frame = protocol.direct_message(msg_id, sender.username, targets[0].username, text,
-                                            ts or protocol.timestamp())
-            data = protocol.encode(frame)
+            data = protocol.encode_event(protocol.DirectMessage(
+                msg_id, sender.username, targets[0].username, text, ts or protocol.timestamp()))
             receivers = targets + [s for s in self._members.get(sender.username.lower(), [])
                                    if s not in targets]
             for session in receivers:

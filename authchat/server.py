@@ -287,8 +287,8 @@ class Server:
             self._pre_login_counter.remove(ip_key(conn.ip))
 
     def _refuse(self, sock: socket.socket, refusal: Refusal) -> None:
-        frame = protocol.encode(protocol.error(refusal.code, refusal.message,
-                                               retry_after=refusal.retry_after))
+        frame = protocol.encode_event(protocol.ErrorReply(
+            refusal.code, refusal.message, retry_after=refusal.retry_after))
         if self.tls_context is None:
             try:  # best effort, never blocking the accept loop
                 sock.setblocking(False)

@@ -190,7 +190,8 @@ def test_at_most_ten_frames_before_login() -> None:
 
 
 def test_encode_round_trips_and_is_one_line() -> None:
-    frame = protocol.message(7, "alice", "line one\nline two \u202e é 🔥", "2026-01-01T00:00:00.000Z")
+    frame = protocol.Message(7, "alice", "line one\nline two \u202e é 🔥",
+                             "2026-01-01T00:00:00.000Z").to_frame()
     data = protocol.encode(frame)
     assert data.endswith(b"\n") and data.count(b"\n") == 1
     assert json.loads(data) == frame
@@ -198,14 +199,15 @@ def test_encode_round_trips_and_is_one_line() -> None:
 
 
 def test_server_frames() -> None:
-    assert protocol.error(ErrorCode.RATE_LIMITED, "slow", re_=3, retry_after=1.23456) == {
+    assert protocol.ErrorReply(ErrorCode.RATE_LIMITED, "slow", re=3,
+                               retry_after=1.23456).to_frame() == {
         "type": "error", "code": "rate_limited", "message": "slow", "re": 3, "retry_after": 1.235}
-    assert protocol.welcome("a", "user", ["a"]) == {"type": "welcome", "username": "a",
-                                                    "role": "user", "users": ["a"]}
+    assert protocol.Welcome("a", "user", ("a",)).to_frame() == {
+        "type": "welcome", "username": "a", "role": "user", "users": ["a"]}
     assert protocol.timestamp().endswith("Z") and len(protocol.timestamp()) == 24
 
 
 def test_message_template_splices_to_the_encoded_frame() -> None:
     head, tail = protocol.message_template("alice", 'say "hi"\n\u00e9', "2026-11-28T05:00:00.000Z")
-    frame = protocol.message(42, "alice", 'say "hi"\n\u00e9', "2026-11-28T05:00:00.000Z")
-    assert head + b"42" + tail == protocol.encode(frame)
+    event = protocol.Message(42, "alice", 'say "hi"\n\u00e9', "2026-11-28T05:00:00.000Z")
+    assert head + b"42" + tail == protocol.encode_event(event)

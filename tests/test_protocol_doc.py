@@ -85,5 +85,5 @@ def test_every_error_code_is_documented() -> None:
 
 
 def test_documented_frame_builders_match_the_code() -> None:
-    hello = protocol.hello("authchat/0.1.0", "open", True, 15)
+    hello = protocol.Hello("authchat/0.1.0", "open", True, 15).to_frame()
     assert json.dumps(hello, separators=(",", ":")) in DOC.read_text("utf-8")

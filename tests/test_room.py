@@ -41,7 +41,8 @@ class FakeMember:
 
 
 def welcome(member: FakeMember) -> Any:
-    return lambda names: protocol.encode(protocol.welcome(member.username, member.role, names))
+    return lambda names: protocol.encode_event(
+        protocol.Welcome(member.username, member.role, tuple(names)))
 
 
 def enter(room: Room, *members: FakeMember) -> None:

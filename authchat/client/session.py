@@ -322,7 +322,7 @@ class Chat:
                 except TimeoutError:
                     if pinged:
                         break  # no answer either: the link is dead, though TCP does not know
-                    link.send(protocol.ping())
+                    link.send(protocol.Ping(None).to_frame())
                     pinged = True
                     continue
                 if frame is None:
@@ -343,7 +343,7 @@ class Chat:
     def _handle(self, link: Link, frame: dict[str, Any]) -> dict[str, Any] | None:
         kind = frame.get("type")
         if kind == "ping":
-            link.send(protocol.pong())
+            link.send(protocol.Pong(None).to_frame())
             return None
         re_ = frame.get("re")
         if isinstance(re_, str):
