@@ -278,7 +278,7 @@ def _check_range(value: Any, f: dataclasses.Field[Any], where: str) -> None:
     low, high, choices = f.metadata.get("low"), f.metadata.get("high"), f.metadata.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(f"{where}: must be one of {', '.join(choices)}, got {value!r}")
-    if low is not None and value < low or high is not None and value > high:
+    if (low is not None and value < low) or (high is not None and value > high):
         raise ConfigError(f"{where}: must be between {low:g} and {high:g}, got {value!r}")
 
 

@@ -23,7 +23,7 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 class OneLineFormatter(logging.Formatter):
     """Escapes the message itself, whatever the caller passed in."""
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+    def formatMessage(self, record: logging.LogRecord) -> str:  # logging's name for it
         record.message = escape(record.message)
         return super().formatMessage(record)
 

@@ -26,16 +26,78 @@ a client, has passed validation here, so neither re-checks field types.
 This package imports no socket, ssl, threading, sqlite3, bcrypt or click.
 """
 
-from .events import PROTOCOL_VERSION, DirectMessage, ErrorReply, Hello, HistoryPage, Join, \
-    Leave, Message, OnlineUser, Ok, OutgoingEvent, PongReply, Said, ServerEvent, ServerPing, UnknownEvent, \
-    Welcome, WhoList, encode_event, from_history, message_template, parse_event, timestamp
-from .framing import DEFAULT_MAX_FRAME_BYTES, MAX_NESTING, Frame, FrameDecoder, ProtocolError, \
-    decode_frame, encode, nests_deeper_than
-from .requests import MAX_HISTORY_PAGE, MAX_ID_LENGTH, MAX_NAME_FIELD, MAX_REASON_LENGTH, \
-    MAX_SAFE_INTEGER, MAX_SECRET_FIELD, Ban, Dm, History, Kick, Login, Passwd, Ping, Pong, \
-    Quit, Register, Request, RequestId, Say, Who, clean_text, parse_request, request_id
-from .state import ACCEPTS, KNOWN_TYPES, MAX_AUTH_FAILURES, MAX_PREAUTH_FRAMES, \
-    MAX_SERVER_FRAME_BYTES, ClientProtocol, Event, ServerProtocol, State, Violation
+from .events import (
+    PROTOCOL_VERSION,
+    DirectMessage,
+    ErrorReply,
+    Hello,
+    HistoryPage,
+    Join,
+    Leave,
+    Message,
+    Ok,
+    OnlineUser,
+    OutgoingEvent,
+    PongReply,
+    Said,
+    ServerEvent,
+    ServerPing,
+    UnknownEvent,
+    Welcome,
+    WhoList,
+    encode_event,
+    from_history,
+    message_template,
+    parse_event,
+    timestamp,
+)
+from .framing import (
+    DEFAULT_MAX_FRAME_BYTES,
+    MAX_NESTING,
+    Frame,
+    FrameDecoder,
+    ProtocolError,
+    decode_frame,
+    encode,
+    nests_deeper_than,
+)
+from .requests import (
+    MAX_HISTORY_PAGE,
+    MAX_ID_LENGTH,
+    MAX_NAME_FIELD,
+    MAX_REASON_LENGTH,
+    MAX_SAFE_INTEGER,
+    MAX_SECRET_FIELD,
+    Ban,
+    Dm,
+    History,
+    Kick,
+    Login,
+    Passwd,
+    Ping,
+    Pong,
+    Quit,
+    Register,
+    Request,
+    RequestId,
+    Say,
+    Who,
+    clean_text,
+    parse_request,
+    request_id,
+)
+from .state import (
+    ACCEPTS,
+    KNOWN_TYPES,
+    MAX_AUTH_FAILURES,
+    MAX_PREAUTH_FRAMES,
+    MAX_SERVER_FRAME_BYTES,
+    ClientProtocol,
+    Event,
+    ServerProtocol,
+    State,
+    Violation,
+)
 
 __all__ = [
     "ACCEPTS", "DEFAULT_MAX_FRAME_BYTES", "KNOWN_TYPES", "MAX_AUTH_FAILURES",
@@ -44,7 +106,8 @@ __all__ = [
     "MAX_SERVER_FRAME_BYTES", "PROTOCOL_VERSION",
     "Ban", "ClientProtocol", "DirectMessage", "Dm", "ErrorReply", "Event", "Frame",
     "FrameDecoder", "Hello", "History", "HistoryPage", "Join", "Kick", "Leave", "Login",
-    "Message", "Ok", "OnlineUser", "OutgoingEvent", "Passwd", "Ping", "Pong", "PongReply", "ProtocolError", "Quit",
+    "Message", "Ok", "OnlineUser", "OutgoingEvent", "Passwd", "Ping", "Pong", "PongReply",
+    "ProtocolError", "Quit",
     "Register", "Request", "RequestId", "Said", "Say", "ServerEvent", "ServerPing",
     "ServerProtocol", "State", "UnknownEvent", "Violation", "Welcome", "Who", "WhoList",
     "clean_text", "decode_frame", "encode", "encode_event", "from_history", "message_template",

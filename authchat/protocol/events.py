@@ -340,9 +340,9 @@ def _message(f: Frame) -> Message:
 
 
 def _direct(f: Frame) -> DirectMessage:
-    return DirectMessage(_required(f, "id", int), _required(f, "from", str), _required(f, "to", str),
-                         _required(f, "text", str), _required(f, "ts", str),
-                         _flag(f, "history"))
+    return DirectMessage(_required(f, "id", int), _required(f, "from", str),
+                         _required(f, "to", str), _required(f, "text", str),
+                         _required(f, "ts", str), _flag(f, "history"))
 
 
 def _said(f: Frame) -> Said:

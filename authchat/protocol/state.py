@@ -15,8 +15,14 @@ from enum import Enum
 
 from ..errors import ErrorCode
 from .events import ServerEvent, parse_event
-from .framing import DEFAULT_MAX_FRAME_BYTES, Frame, FrameDecoder, ProtocolError, \
-    decode_frame, encode
+from .framing import (
+    DEFAULT_MAX_FRAME_BYTES,
+    Frame,
+    FrameDecoder,
+    ProtocolError,
+    decode_frame,
+    encode,
+)
 from .requests import Request, RequestId, parse_request, request_id
 
 MAX_AUTH_FAILURES = 3      # failed register/login attempts before the connection closes
