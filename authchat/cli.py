@@ -254,7 +254,7 @@ def register_command(settings: Settings, /, username: str, password_stdin: bool,
         welcome = client.register(link, username, password, invite)
     finally:
         link.close()
-    click.echo(f"registered {escape(str(welcome['username']))} on {options.host}:{options.port}")
+    click.echo(f"registered {escape(welcome.username)} on {options.host}:{options.port}")
 
 
 @cli.command("connect")

@@ -16,6 +16,7 @@ import pytest
 from authchat.client import Chat, ClientError, ClientOptions, Notice, ServerError, \
     TrustError, describe_error, open_link
 from authchat.errors import InvalidPassword
+from authchat.protocol import ErrorReply, Message, Ok, Passwd, Say, Who, WhoList, parse_event
 from authchat.tls import CERT_FILENAME, KnownServers
 
 from conftest import GOOD_PASSWORD, cli_env
@@ -73,7 +74,9 @@ def one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> N
 
 def test_server_words_cannot_drive_the_terminal() -> None:
     frame = {"type": "error", "code": "kicked", "message": "bye\x1b]0;pwned\x07\x1b[2J"}
-    for text in (describe_error(frame), str(ServerError(frame))):
+    reply = parse_event(frame)
+    assert isinstance(reply, ErrorReply)
+    for text in (describe_error(reply), str(ServerError(reply))):
         assert "\x1b" not in text and "\x07" not in text
         assert "bye" in text and "\\x1b" in text  # shown, written as an escape
 
@@ -165,7 +168,7 @@ def test_trusting_slowly_does_not_cost_the_login(servers: Any, tmp_path: Path) -
     chat = Chat(ClientOptions(port=server.address[1], known_servers=tmp_path / "known"),
                 "alice", GOOD_PASSWORD, lambda event: None, confirm=slow_person)
     try:
-        assert chat.start()["type"] == "welcome"
+        assert chat.start().username == "alice"
     finally:
         chat.close()
     assert held_while_asking == [0]
@@ -551,12 +554,12 @@ def test_reconnects_after_a_server_restart(tmp_path: Path, run_cli: Any, home: P
     try:
         chat.start()
         assert server.terminate() == 0
-        wait_for(lambda e: isinstance(e, dict) and e.get("code") == "server_shutdown")
+        wait_for(lambda e: isinstance(e, ErrorReply) and e.code == "server_shutdown")
         wait_for(lambda e: isinstance(e, Notice) and e.kind == "reconnecting")
         server = ServerProcess(home, "--no-tls", "--port", str(port))
         wait_for(lambda e: isinstance(e, Notice) and e.kind == "back")
-        assert chat.request({"type": "say", "text": "back again"})["type"] == "ok"
-        wait_for(lambda e: isinstance(e, dict) and e.get("text") == "back again")
+        assert isinstance(chat.request(Say(None, "back again")), Ok)
+        wait_for(lambda e: isinstance(e, Message) and e.text == "back again")
         assert not chat.ended.is_set()
     finally:
         chat.close()
@@ -592,7 +595,7 @@ def test_after_a_reconnect_only_what_was_not_shown_is_shown(tmp_path: Path) -> N
             assert arrived.wait_for(lambda: any(wanted(e) for e in events), 20), events
 
     def said(text: str) -> Any:
-        return lambda e: isinstance(e, dict) and e.get("text") == text
+        return lambda e: isinstance(e, Message) and e.text == text
 
     chat = Chat(ClientOptions(port=port, tls=False, known_servers=tmp_path / "known"),
                 "alice", GOOD_PASSWORD, on_event)
@@ -617,7 +620,7 @@ def test_after_a_reconnect_only_what_was_not_shown_is_shown(tmp_path: Path) -> N
     finally:
         chat.close()
         server.shutdown()
-    texts = [e["text"] for e in events if isinstance(e, dict) and e.get("type") == "message"]
+    texts = [e.text for e in events if isinstance(e, Message)]
     assert texts == ["one", "two", "three", "five", "six", "seven"]
     missed = [e for e in events if isinstance(e, Notice) and e.kind == "missed"]
     assert len(missed) == 1 and "only the last messages" in missed[0].text
@@ -655,12 +658,13 @@ def test_a_reconnect_after_a_password_change_uses_the_new_password(tmp_path: Pat
     try:
         chat.start()
         new = "a different and longer passphrase"
-        assert chat.change_password("not the old one", new)["code"] == "bad_credentials"
-        assert chat.change_password(GOOD_PASSWORD, new)["type"] == "ok"
+        refused = chat.change_password("not the old one", new)
+        assert isinstance(refused, ErrorReply) and refused.code == "bad_credentials"
+        assert isinstance(chat.change_password(GOOD_PASSWORD, new), Ok)
         server.shutdown()
         server = start_server(home, server__port=port)
         next_event(events, is_notice("back"))  # logged in again, with the new password
-        assert chat.request({"type": "who"})["type"] == "who"
+        assert isinstance(chat.request(Who(None)), WhoList)
     finally:
         chat.close()
         server.shutdown()
@@ -712,7 +716,8 @@ class ScriptedServer:
         return json.loads(line) if line else None
 
     def greet_and_welcome(self) -> None:
-        self.send({"type": "hello", "protocol": 1, "server": "scripted", "tls": False})
+        self.send({"type": "hello", "protocol": 1, "server": "scripted", "registration": "open",
+                   "tls": False})
         assert (self.recv() or {}).get("type") == "login"
         self.send({"type": "welcome", "username": "alice", "role": "user", "users": ["alice"]})
 
@@ -836,15 +841,14 @@ def test_a_refusal_that_comes_after_its_request_gave_up_does_not_end_the_session
         scripted.let_in()
         starting.join(10)
         with pytest.raises(ClientError, match="did not answer in time"):
-            chat.request({"type": "passwd", "old": "wrong", "new": OTHER_PASSWORD},
-                         timeout=0.2)
+            chat.request(Passwd(None, "wrong", OTHER_PASSWORD), timeout=0.2)
         request = scripted.recv() or {}
         # The answer to that request comes late: a wrong old password.
         scripted.send({"type": "error", "code": "bad_credentials",
                        "message": "wrong password", "re": request.get("id")})
         scripted.send({"type": "message", "id": 7, "from": "bob", "text": "still here",
                        "ts": "2026-12-04T10:00:00.000Z"})
-        next_event(events, lambda e: isinstance(e, dict) and e.get("text") == "still here")
+        next_event(events, lambda e: isinstance(e, Message) and e.text == "still here")
         assert not chat.ended.is_set()
     finally:
         chat.close()

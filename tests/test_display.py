@@ -5,17 +5,31 @@ from __future__ import annotations
 import io
 import json
 import re
+from typing import Any
+
+import pytest
 
 from authchat.client import Notice
 from authchat.client.commands import Local, Mistake, Send, parse
 from authchat.client.display import plain, render
-from authchat.sanitize import escape, escape_json
 from authchat.client.script import Printer
+from authchat.protocol import Message, ProtocolError, ServerEvent, parse_event
+from authchat.sanitize import escape, escape_json
 
 
-def message(sender: str, text: str) -> dict[str, object]:
-    return {"type": "message", "id": 1, "from": sender, "text": text,
-            "ts": "2026-11-24T10:00:00.000Z"}
+def event(frame: dict[str, Any]) -> ServerEvent:
+    """The event a client gets from this frame: through the protocol's own parser."""
+    return parse_event(frame)
+
+
+def message(sender: str, text: str) -> Message:
+    return Message(1, sender, text, "2026-11-24T10:00:00.000Z")
+
+
+def sent(line: str, talking_to: str | None = None) -> dict[str, Any] | None:
+    """The frame that a typed line sends, as it goes on the wire; None if it sends none."""
+    command = parse(line, talking_to)
+    return command.request.to_frame() if isinstance(command, Send) else None
 
 
 def test_no_escape_sequence_reaches_the_terminal() -> None:
@@ -62,30 +76,31 @@ def test_own_messages_dms_presence_and_notices_look_different() -> None:
     own = render(message("Alice", "mine"), "alice")
     other = render(message("bob", "theirs"), "alice")
     assert ("class:own", "<Alice> ") in own and ("class:sender", "<bob> ") in other
-    dm = render({"type": "dm", "from": "bob", "to": "alice", "text": "psst",
-                 "ts": "2026-11-24T10:00:00Z"}, "alice")
+    dm = render(event({"type": "dm", "id": 2, "from": "bob", "to": "alice", "text": "psst",
+                       "ts": "2026-11-24T10:00:00Z"}), "alice")
     assert dm[1] == ("class:dm", "[bob -> alice] ")
-    assert render({"type": "join", "username": "bob"}, "alice") == [
+    assert render(event({"type": "join", "username": "bob", "role": "user"}), "alice") == [
         ("class:presence", "--> bob joined")]
-    assert render({"type": "leave", "username": "bob", "reason": "quit"}, "alice") == [
+    assert render(event({"type": "leave", "username": "bob", "reason": "quit"}), "alice") == [
         ("class:presence", "<-- bob left (quit)")]
     assert render(Notice("lost", "connection lost"), "alice") == [
         ("class:notice", "*** connection lost")]
-    error = plain(render({"type": "error", "code": "kicked", "message": "kicked by root"}, "a"))
+    error = plain(render(event({"type": "error", "code": "kicked",
+                                "message": "kicked by root"}), "a"))
     assert error == "!!! you were removed from the server (kicked by root)"
-    assert render({"type": "something_new"}, "alice") == []
+    assert render(event({"type": "something_new"}), "alice") == []
 
 
 def test_parse_typed_lines() -> None:
-    assert parse("hello") == Send({"type": "say", "text": "hello"})
+    assert sent("hello") == {"type": "say", "text": "hello"}
     assert parse("   ") is None
-    assert parse("//etc/motd") == Send({"type": "say", "text": "/etc/motd"})
-    assert parse("/who") == Send({"type": "who"})
-    assert parse("/DM bob hi there") == Send({"type": "dm", "to": "bob", "text": "hi there"})
-    assert parse("/msg bob hi") == Send({"type": "dm", "to": "bob", "text": "hi"})
-    assert parse("/kick bob too loud") == Send(
-        {"type": "kick", "username": "bob", "reason": "too loud"})
-    assert parse("/ban bob") == Send({"type": "ban", "username": "bob", "reason": ""})
+    assert sent("//etc/motd") == {"type": "say", "text": "/etc/motd"}
+    assert sent("/who") == {"type": "who"}
+    assert sent("/DM bob hi there") == {"type": "dm", "to": "bob", "text": "hi there"}
+    assert sent("/msg bob hi") == {"type": "dm", "to": "bob", "text": "hi"}
+    assert sent("/kick bob too loud") == \
+        {"type": "kick", "username": "bob", "reason": "too loud"}
+    assert sent("/ban bob") == {"type": "ban", "username": "bob", "reason": ""}
     assert parse("/quit") == Local("quit") and parse("/passwd") == Local("passwd")
     assert isinstance(parse("/dm bob"), Mistake)
     unknown = parse("/frobnicate now")
@@ -93,34 +108,40 @@ def test_parse_typed_lines() -> None:
 
 
 def test_lines_typed_in_a_private_conversation_go_to_that_person() -> None:
-    assert parse("hi", talking_to="bob") == Send({"type": "dm", "to": "bob", "text": "hi"})
-    assert parse("//etc", talking_to="bob") == Send({"type": "dm", "to": "bob", "text": "/etc"})
-    assert parse("/who", talking_to="bob") == Send({"type": "who"})
-    assert parse("/dm carol x", talking_to="bob") == Send(
-        {"type": "dm", "to": "carol", "text": "x"})
+    assert sent("hi", talking_to="bob") == {"type": "dm", "to": "bob", "text": "hi"}
+    assert sent("//etc", talking_to="bob") == {"type": "dm", "to": "bob", "text": "/etc"}
+    assert sent("/who", talking_to="bob") == {"type": "who"}
+    assert sent("/dm carol x", talking_to="bob") == {"type": "dm", "to": "carol", "text": "x"}
 
 
 def test_json_output_escapes_what_a_terminal_would_act_on() -> None:
-    frame = {"type": "message", "text": "a\u202eb\u2028c\x9b31m\x7f\ud800\n\t\u200f"}
+    frame = {"type": "message", "id": 1, "from": "bob",
+             "text": "a\u202eb\u2028c\x9b31m\x7f\ud800\n\t\u200f", "ts": "2026-11-24T10:00:00Z"}
     raw = json.dumps(frame, ensure_ascii=False)
     safe = escape_json(raw)
     assert json.loads(safe) == frame  # the same value, decoded
     assert not re.search("[\x00-\x1f\x7f-\x9f\u2028\u202e\ud800\u200f]", safe)
     out = io.StringIO()
-    Printer(out, as_json=True, me="bob")(frame)  # what `connect --json` prints
+    Printer(out, as_json=True, me="bob")(event(frame))  # what `connect --json` prints
     assert json.loads(out.getvalue()) == frame and "\\u202e" in out.getvalue()
 
 
 def test_history_is_dimmed_and_pages_say_what_is_left() -> None:
-    old = {**message("bob", "from before"), "history": True}
-    assert {style for style, _ in render(old, "alice")} == {"class:history"}
+    old = {**message("bob", "from before").to_frame(), "history": True}
+    assert {style for style, _ in render(event(old), "alice")} == {"class:history"}
     page = {"type": "history", "more": True, "messages": [
-        message("bob", "first"), {"type": "dm", "from": "bob", "to": "alice", "text": "psst",
-                                  "ts": "2026-11-24T10:00:00Z", "history": True}]}
-    lines = plain(render(page, "alice")).split("\n")
+        message("bob", "first").to_frame(),
+        {"type": "dm", "id": 2, "from": "bob", "to": "alice", "text": "psst",
+         "ts": "2026-11-24T10:00:00Z", "history": True}]}
+    lines = plain(render(event(page), "alice")).split("\n")
     assert lines[0].endswith("<bob> first") and lines[1].endswith("[bob -> alice] psst")
     assert lines[2] == "*** older messages remain: /history again"
-    assert plain(render({**page, "more": False}, "alice")).endswith("that is the first message")
-    assert plain(render({"type": "history", "messages": "junk", "more": False}, "a")) == \
+    assert plain(render(event({**page, "more": False}), "alice")).endswith(
+        "that is the first message")
+    assert plain(render(event({"type": "history", "messages": [], "more": False}), "a")) == \
         "*** no older messages"
+    # A page that is not one never reaches a front end: the link reads it as
+    # a server that does not speak the protocol.
+    with pytest.raises(ProtocolError, match="'messages' must be a list"):
+        event({"type": "history", "messages": "junk", "more": False})
     assert parse("/history") == Local("history")

@@ -13,10 +13,26 @@ The server's modules never import from here. The names below are the
 library's public face, for front ends and scripts.
 """
 
-from .link import ClientError, ClientOptions, Confirm, Link, ServerError, TrustError, \
-    describe_error, open_link
-from .session import Chat, Event, Notice, login, password_policy, probe, register, \
-    registration_problem
+from .link import (
+    ClientError,
+    ClientOptions,
+    Confirm,
+    Link,
+    ServerError,
+    TrustError,
+    describe_error,
+    open_link,
+)
+from .session import (
+    Chat,
+    Event,
+    Notice,
+    login,
+    password_policy,
+    probe,
+    register,
+    registration_problem,
+)
 
 __all__ = ["Chat", "ClientError", "ClientOptions", "Confirm", "Event", "Link", "Notice",
            "ServerError", "TrustError", "describe_error", "login", "open_link",

@@ -2,14 +2,15 @@
 
 Shared by the interactive screen, scripting mode and the desktop client, so
 `/dm bob hi` does the same in all three. A line starting with `//` sends the
-rest, one slash removed, as a message, as in irssi. The request builders
-below are the only place a front end learns how a request frame looks.
+rest, one slash removed, as a message, as in irssi. What is to be sent is
+a protocol request, so no front end builds a frame by hand.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from ..protocol import Ban, Dm, Kick, Request, Say, Who
 
 HELP = """\
 commands:
@@ -28,7 +29,7 @@ anything else is a message to the room"""
 class Send:
     """A request to send to the server."""
 
-    frame: dict[str, Any]
+    request: Request
 
 
 @dataclass(frozen=True)
@@ -47,39 +48,7 @@ class Mistake:
 
 Command = Send | Local | Mistake | None
 
-
-def say(text: str) -> dict[str, Any]:
-    return {"type": "say", "text": text}
-
-
-def direct(to: str, text: str) -> dict[str, Any]:
-    return {"type": "dm", "to": to, "text": text}
-
-
-def moderate(action: str, username: str, reason: str = "") -> dict[str, Any]:
-    """An admin's `kick` or `ban` of `username`."""
-    if action not in ("kick", "ban"):
-        raise ValueError(f"not a moderation action: {action!r}")
-    return {"type": action, "username": username, "reason": reason}
-
-
-def change_password(old: str, new: str) -> dict[str, Any]:
-    return {"type": "passwd", "old": old, "new": new}
-
-
-def who() -> dict[str, Any]:
-    return {"type": "who"}
-
-
-def history(before: int | None = None, limit: int = 200,
-            with_user: str | None = None) -> dict[str, Any]:
-    """A page of older messages: the room's, or the DMs with `with_user`."""
-    frame: dict[str, Any] = {"type": "history", "limit": limit}
-    if before is not None:
-        frame["before"] = before
-    if with_user is not None:
-        frame["with"] = with_user
-    return frame
+MODERATION: dict[str, type[Kick] | type[Ban]] = {"kick": Kick, "ban": Ban}  # admins' actions
 
 
 def parse(line: str, talking_to: str | None = None) -> Command:
@@ -95,7 +64,7 @@ def parse(line: str, talking_to: str | None = None) -> Command:
         text = text[1:]
     elif text.startswith("/"):
         return _slash_command(text)
-    return Send(direct(talking_to, text) if talking_to else say(text))
+    return Send(Dm(None, talking_to, text) if talking_to else Say(None, text))
 
 
 def _slash_command(text: str) -> Command:
@@ -104,16 +73,16 @@ def _slash_command(text: str) -> Command:
     if name in ("help", "quit", "passwd", "history"):
         return Local(name)
     if name == "who":
-        return Send(who())
+        return Send(Who(None))
     if name in ("dm", "msg"):
         user, _, message = rest.partition(" ")
         if not user or not message.strip():
             return Mistake(f"usage: /{name} USER TEXT")
-        return Send(direct(user, message))
+        return Send(Dm(None, user, message))
     if name in ("kick", "ban"):
         user, _, reason = rest.partition(" ")
         if not user:
             return Mistake(f"usage: /{name} USER [REASON]")
-        return Send(moderate(name, user, reason.strip()))
+        return Send(MODERATION[name](None, user, reason.strip()))
     return Mistake(f"unknown command /{name}; /help lists the commands "
                    "(start a message with // to send a leading /)")

@@ -1,6 +1,6 @@
 """How chat events look as lines of text: shared by every front end.
 
-`render(event, me)` turns a server frame or a client Notice into styled
+`render(event, me)` turns a server event or a client Notice into styled
 fragments, `(style class, text)` pairs as prompt_toolkit prints them (the
 desktop client maps each class to a text tag); `plain(fragments)` is the same
 line without styles, for scripts. Everything
@@ -11,11 +11,21 @@ the cursor, retitle the terminal or reverse the text around it.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
+from ..protocol import (
+    DirectMessage,
+    ErrorReply,
+    HistoryPage,
+    Join,
+    Leave,
+    Message,
+    ServerEvent,
+    Welcome,
+    WhoList,
+)
+from ..sanitize import escape, escape_keeping_newlines
 from .link import describe_error
 from .session import Event, Notice
-from ..sanitize import escape, escape_keeping_newlines
 
 Fragments = list[tuple[str, str]]
 
@@ -45,13 +55,9 @@ def local_time(ts: object) -> str:
     return moment.astimezone().strftime("%H:%M:%S")
 
 
-def _name(frame: dict[str, Any], key: str) -> str:
-    return escape(str(frame.get(key, "?")))
-
-
-def _text(frame: dict[str, Any], indent: int) -> str:
+def _text(text: str, indent: int) -> str:
     """Message text; continuation lines are indented under the first."""
-    lines = escape_keeping_newlines(str(frame.get("text", ""))).split("\n")
+    lines = escape_keeping_newlines(text).split("\n")
     return ("\n" + " " * indent).join(lines)
 
 
@@ -59,88 +65,73 @@ def render(event: Event, me: str) -> Fragments:
     if isinstance(event, Notice):
         style = "class:error" if event.kind == "ended" else "class:notice"
         return [(style, f"*** {escape(event.text)}")]
-    kind = event.get("type")
-    renderer = _RENDERERS.get(str(kind))
-    if renderer is None:
-        return []  # frames this client does not know are ignored, as the protocol asks
-    fragments = renderer(event, me)
-    if event.get("history") is True:  # from before: dimmed, whoever said it
-        fragments = [("class:history", text) for _, text in fragments]
+    fragments = _fragments(event, me)
+    if isinstance(event, (Message, DirectMessage)) and event.history:
+        fragments = [("class:history", text) for _, text in fragments]  # from before: dimmed
     return fragments
 
 
-def _message(frame: dict[str, Any], me: str) -> Fragments:
-    time_text = local_time(frame.get("ts")) + " "
-    sender = _name(frame, "from")
+def _fragments(event: ServerEvent, me: str) -> Fragments:
+    """The line for each event a person sees; none for the rest (hello, ok,
+    pong, and types this client does not know, which the protocol says to ignore)."""
+    match event:
+        case Message():
+            return _message(event, me)
+        case DirectMessage():
+            return _direct(event)
+        case Join(username=name):
+            return [("class:presence", f"--> {escape(name)} joined")]
+        case Leave(username=name, reason=reason):
+            return [("class:presence", f"<-- {escape(name)} left ({escape(reason)})")]
+        case ErrorReply():
+            return [("class:error", f"!!! {escape(describe_error(event))}")]
+        case Welcome():
+            return _welcome(event)
+        case WhoList():
+            return _who(event)
+        case HistoryPage():
+            return _history(event, me)
+    return []
+
+
+def _message(message: Message, me: str) -> Fragments:
+    time_text = local_time(message.ts) + " "
+    sender = escape(message.sender)
     style = "class:own" if sender.lower() == me.lower() else "class:sender"
     prefix = f"<{sender}> "
     return [("class:time", time_text), (style, prefix),
-            ("", _text(frame, len(time_text) + len(prefix)))]
+            ("", _text(message.text, len(time_text) + len(prefix)))]
 
 
-def _direct(frame: dict[str, Any], me: str) -> Fragments:
-    time_text = local_time(frame.get("ts")) + " "
-    sender, to = _name(frame, "from"), _name(frame, "to")
-    prefix = f"[{sender} -> {to}] "
+def _direct(dm: DirectMessage) -> Fragments:
+    time_text = local_time(dm.ts) + " "
+    prefix = f"[{escape(dm.sender)} -> {escape(dm.to)}] "
     return [("class:time", time_text), ("class:dm", prefix),
-            ("class:dm", _text(frame, len(time_text) + len(prefix)))]
+            ("class:dm", _text(dm.text, len(time_text) + len(prefix)))]
 
 
-def _join(frame: dict[str, Any], me: str) -> Fragments:
-    return [("class:presence", f"--> {_name(frame, 'username')} joined")]
+def _welcome(welcome: Welcome) -> Fragments:
+    users = ", ".join(escape(u) for u in welcome.users)
+    return [("class:notice", f"*** logged in as {escape(welcome.username)} "
+                             f"({escape(welcome.role)}); online: {users}")]
 
 
-def _leave(frame: dict[str, Any], me: str) -> Fragments:
-    reason = escape(str(frame.get("reason", "")))
-    return [("class:presence", f"<-- {_name(frame, 'username')} left ({reason})")]
-
-
-def _error(frame: dict[str, Any], me: str) -> Fragments:
-    return [("class:error", f"!!! {escape(describe_error(frame))}")]
-
-
-def _users(frame: dict[str, Any]) -> list[Any]:
-    return _list(frame.get("users"))
-
-
-def _list(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []  # a broken server's frame: nothing
-
-
-def _welcome(frame: dict[str, Any], me: str) -> Fragments:
-    users = ", ".join(escape(str(u)) for u in _users(frame))
-    return [("class:notice", f"*** logged in as {_name(frame, 'username')} "
-                             f"({escape(str(frame.get('role', '')))}); online: {users}")]
-
-
-def _who(frame: dict[str, Any], me: str) -> Fragments:
-    people = []
-    for user in _users(frame):
-        name = escape(str(user.get("username", "?"))) if isinstance(user, dict) else "?"
-        admin = isinstance(user, dict) and user.get("role") == "admin"
-        people.append(f"{name} (admin)" if admin else name)
+def _who(who: WhoList) -> Fragments:
+    people = [f"{escape(u.username)} (admin)" if u.role == "admin" else escape(u.username)
+              for u in who.users]
     return [("class:notice", f"*** online ({len(people)}): {', '.join(people)}")]
 
 
-def _history(frame: dict[str, Any], me: str) -> Fragments:
+def _history(page: HistoryPage, me: str) -> Fragments:
     """A page of older messages: one line each, then what is left."""
-    messages = [m for m in _list(frame.get("messages")) if isinstance(m, dict)]
-    lines = [render(m, me) for m in messages]
-    more = frame.get("more") is True
-    end = "*** older messages remain: /history again" if more else \
+    end = "*** older messages remain: /history again" if page.more else \
         "*** that is the first message"
-    if not messages:
+    if not page.messages:
         end = "*** no older messages"
     fragments: Fragments = []
-    for line in lines:
-        fragments += [*line, ("", "\n")]
+    for said in page.messages:
+        fragments += [*render(said, me), ("", "\n")]
     return [*fragments, ("class:notice", end)]
-
-
-_RENDERERS = {
-    "message": _message, "dm": _direct, "join": _join, "leave": _leave,
-    "error": _error, "welcome": _welcome, "who": _who, "history": _history,
-}
 
 
 def plain(fragments: Fragments) -> str:

@@ -1,7 +1,8 @@
 """One connection to a server: TCP, TLS with the trust rules, the server's `hello`.
 
-`open_link()` makes it; `Link` sends frames and reads them back, safely from
-a reader thread and a sending thread at once (both transports allow that).
+`open_link()` makes it; `Link` sends requests and reads the server's events
+back, typed (through a `ClientProtocol`), safely from a reader thread and a
+sending thread at once (both transports allow that).
 
 TLS trust, safe by default: a certificate that verifies against the system
 CAs (or `cafile`) is accepted, and the server is noted in the known-servers
@@ -27,15 +28,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from .. import protocol
 from ..errors import AuthchatError, ErrorCode
-from ..protocol import FrameDecoder, ProtocolError
+from ..protocol import ClientProtocol, ErrorReply, Hello, ProtocolError, Request, ServerEvent
 from ..sanitize import escape
-from ..tls import KnownServer, KnownServers, client_context, default_known_servers, \
-    certificate_names, fingerprint, is_self_signed, normalize_fingerprint, same_fingerprint, \
-    self_signed_problem
+from ..tls import (
+    KnownServer,
+    KnownServers,
+    certificate_names,
+    client_context,
+    default_known_servers,
+    fingerprint,
+    is_self_signed,
+    normalize_fingerprint,
+    same_fingerprint,
+    self_signed_problem,
+)
 from ..transport import PlainTransport, TLSTransport, TransportClosed, is_loopback
 
 log = logging.getLogger(__name__)
@@ -84,23 +92,20 @@ class TrustError(ClientError):
 class ServerError(ClientError):
     """The server answered with an error frame."""
 
-    def __init__(self, frame: dict[str, Any]) -> None:
-        self.frame = frame
-        self.code_text = str(frame.get("code", ""))
-        self.retry_after = frame.get("retry_after")
-        super().__init__(describe_error(frame))
+    def __init__(self, reply: ErrorReply) -> None:
+        self.reply = reply
+        super().__init__(describe_error(reply))
 
 
-def describe_error(frame: dict[str, Any]) -> str:
-    """One sentence for an error frame: our words for the code, the server's detail."""
-    code = str(frame.get("code", ""))
-    detail = str(frame.get("message", ""))
-    known = ERROR_TEXT.get(ErrorCode(code)) if code in ErrorCode._value2member_map_ else None
-    text = known or detail or code or "unknown error"
+def describe_error(reply: ErrorReply) -> str:
+    """One sentence for an error: our words for the code, the server's detail."""
+    detail = reply.message
+    known = ERROR_TEXT.get(reply.known_code) if reply.known_code else None
+    text = known or detail or reply.code or "unknown error"
     if known and detail and detail.lower().rstrip(".") not in known:
         text += f" ({detail.rstrip('.')})"
-    if isinstance(frame.get("retry_after"), (int, float)):
-        text += f"; retry in {frame['retry_after']:.0f} s"
+    if reply.retry_after is not None:
+        text += f"; retry in {reply.retry_after:.0f} s"
     return escape(text)  # the server's words may reach a terminal
 
 
@@ -124,41 +129,60 @@ Confirm = Callable[[str, str], bool]  # (host:port, fingerprint) -> trust it?
 
 
 class Link:
-    """One open connection to a server, after its `hello`."""
+    """One open connection to a server; `hello` is its greeting, once `greet` has read it."""
 
     def __init__(self, transport: PlainTransport, fingerprint: str | None) -> None:
         self.transport = transport
         self.fingerprint = fingerprint
-        self._decoder = FrameDecoder(MAX_FRAME_BYTES)
-        self.hello: dict[str, Any] = {}
+        self._protocol = ClientProtocol(MAX_FRAME_BYTES)
+        self._hello: Hello | None = None
 
-    def send(self, frame: dict[str, Any]) -> None:
-        self.transport.sendall(protocol.encode(frame))
+    @property
+    def hello(self) -> Hello:
+        if self._hello is None:
+            raise RuntimeError("the server's hello has not been read yet")
+        return self._hello
 
-    def read(self, timeout: float | None = None) -> dict[str, Any] | None:
-        """The next frame, or None once the server has closed the connection.
+    def send(self, request: Request) -> None:
+        self.transport.sendall(self._protocol.send(request))
+
+    def read(self, timeout: float | None = None) -> ServerEvent | None:
+        """The next server event, or None once the server has closed the connection.
 
         Raises:
             TimeoutError: nothing complete arrived within `timeout`.
-            ClientError: the server sent something that is not a frame.
+            ClientError: the server sent something that is not a frame of this protocol.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
-                line = self._decoder.next_line()
-                if line is not None:
-                    if not line.strip():
-                        continue
-                    frame = protocol.decode_frame(line)
-                    if isinstance(frame.get("type"), str):
-                        return frame
-                    raise ClientError("the server sent a frame without a type")
+                event = self._protocol.next_event()
             except ProtocolError as e:
                 raise ClientError(f"the server sent something unreadable: {e}") from None
+            if event is not None:
+                return event
             data = self.transport.recv(deadline)
             if not data:
                 return None
-            self._decoder.receive_data(data)
+            self._protocol.receive_data(data)
+
+    def greet(self, where: str, timeout: float) -> Hello:
+        """Read the server's `hello`, the first thing it sends.
+
+        Raises:
+            ServerError: the server refused the connection instead (too many, …).
+            ClientError: no hello in time, or not an authchat server.
+        """
+        try:
+            event = self.read(timeout)
+        except (OSError, TimeoutError) as e:
+            raise ClientError(f"{where} did not greet us: {e}") from None
+        if isinstance(event, ErrorReply):
+            raise ServerError(event)
+        if not isinstance(event, Hello):
+            raise ClientError(f"{where} is not an authchat server")
+        self._hello = event
+        return event
 
     def close(self) -> None:
         self.transport.shutdown()
@@ -184,16 +208,10 @@ def open_link(options: ClientOptions, confirm: Confirm | None = None) -> Link:
     else:
         link = _open_tls(options, confirm)
     try:
-        hello = link.read(options.timeout)
-    except (OSError, TimeoutError) as e:
+        link.greet(f"{host}:{port}", options.timeout)
+    except BaseException:
         link.close()
-        raise ClientError(f"{host}:{port} did not greet us: {e}") from None
-    if hello is None or hello.get("type") != "hello":
-        link.close()
-        if hello is not None and hello.get("type") == "error":
-            raise ServerError(hello)
-        raise ClientError(f"{host}:{port} is not an authchat server")
-    link.hello = hello
+        raise
     return link
 
 

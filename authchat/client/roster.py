@@ -1,13 +1,13 @@
 """Who is online, as a client learns it from welcome, join, leave and who.
 
-Pure bookkeeping, no I/O: a front end feeds it every server frame and redraws
+Pure bookkeeping, no I/O: a front end feeds it every server event and redraws
 its list when `apply` says something changed. Names are unique ignoring case
 (the server's rule), and each is shown in the form the server sent.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from ..protocol import DirectMessage, Join, Leave, ServerEvent, Welcome, WhoList
 
 UNKNOWN_ROLE = ""
 
@@ -18,29 +18,22 @@ class Roster:
     def __init__(self) -> None:
         self._people: dict[str, tuple[str, str]] = {}  # folded name -> (name, role)
 
-    def apply(self, frame: dict[str, Any]) -> bool:
-        """Take in one server frame; True if the list changed."""
-        kind = frame.get("type")
-        users = frame.get("users")
-        users = users if isinstance(users, list) else []  # a broken server's frame: no one
-        if kind == "welcome":
-            return self._replace([(name, self.role(str(name))) for name in users])
-        if kind == "who":
-            return self._replace([(user.get("username"), user.get("role", UNKNOWN_ROLE))
-                                  for user in users if isinstance(user, dict)])
-        name = frame.get("username")
-        if not isinstance(name, str):
-            return False
-        if kind == "join" and name.casefold() not in self._people:
-            self._people[name.casefold()] = (name, str(frame.get("role", UNKNOWN_ROLE)))
-            return True
-        if kind == "leave":
-            return self._people.pop(name.casefold(), None) is not None
+    def apply(self, event: ServerEvent) -> bool:
+        """Take in one server event; True if the list changed."""
+        match event:
+            case Welcome(users=names):
+                return self._replace([(name, self.role(name)) for name in names])
+            case WhoList(users=users):
+                return self._replace([(user.username, user.role) for user in users])
+            case Join(username=name, role=role) if name.casefold() not in self._people:
+                self._people[name.casefold()] = (name, role)
+                return True
+            case Leave(username=name):
+                return self._people.pop(name.casefold(), None) is not None
         return False
 
-    def _replace(self, people: list[tuple[Any, Any]]) -> bool:
-        fresh = {str(name).casefold(): (str(name), str(role)) for name, role in people
-                 if isinstance(name, str)}
+    def _replace(self, people: list[tuple[str, str]]) -> bool:
+        fresh = {name.casefold(): (name, role) for name, role in people}
         changed = fresh != self._people
         self._people = fresh
         return changed
@@ -62,7 +55,6 @@ class Roster:
         return len(self._people)
 
 
-def dm_peer(frame: dict[str, Any], me: str) -> str:
+def dm_peer(dm: DirectMessage, me: str) -> str:
     """The other person in a direct message: its sender, or for our own, its recipient."""
-    sender, recipient = str(frame.get("from", "")), str(frame.get("to", ""))
-    return recipient if sender.casefold() == me.casefold() else sender
+    return dm.to if dm.sender.casefold() == me.casefold() else dm.sender

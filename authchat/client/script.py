@@ -17,11 +17,13 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
-from .link import ClientError, describe_error
-from .session import Chat, Event, Notice
+from ..errors import ErrorCode
+from ..protocol import ErrorReply, Ok, ServerEvent, UnknownEvent
+from ..sanitize import escape, escape_json
 from .commands import HELP, Local, Mistake, Send, parse
 from .display import plain, render
-from ..sanitize import escape, escape_json
+from .link import ClientError, describe_error
+from .session import Chat, Event, Notice
 
 EXIT_OK = 0
 EXIT_FAILED = 1        # a line was refused, or the server ended the session
@@ -46,18 +48,24 @@ class Printer:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, Notice) and event.kind == "ended":
-            if not (self.as_json and event.frame is not None):
+            if not (self.as_json and event.reply is not None):
                 return  # `run` says why on stderr, once
-            event = event.frame  # the server's own words, as it sent them
+            event = event.reply  # the server's own words, as it sent them
         elif isinstance(event, Notice) and self.as_json:
             complain(event.text)
             return
-        line = escape_json(json.dumps(event, ensure_ascii=False, separators=(",", ":"))) \
-            if self.as_json and isinstance(event, dict) else plain(render(event, self.me))
+        line = _as_json(event) if self.as_json and not isinstance(event, Notice) \
+            else plain(render(event, self.me))
         if line:
             with self._lock:
                 self.out.write(line + "\n")
                 self.out.flush()
+
+
+def _as_json(event: ServerEvent) -> str:
+    """The event as the frame the server sent: one line, safe for a terminal."""
+    frame = event.frame if isinstance(event, UnknownEvent) else event.to_frame()
+    return escape_json(json.dumps(frame, ensure_ascii=False, separators=(",", ":")))
 
 
 def _lines_until_ended(stream: Iterable[str], chat: Chat) -> Iterator[str]:
@@ -122,27 +130,27 @@ def _older(chat: Chat, printer: Printer) -> bool:
         complain(str(e))
         return False
     printer(reply)
-    return reply.get("type") != "error"
+    return not isinstance(reply, ErrorReply)
 
 
 def _send(chat: Chat, command: Send, printer: Printer) -> bool:
     """Send one request, waiting out rate limits; False if it was refused or lost."""
     for _ in range(MAX_RATE_LIMIT_WAITS):
         try:
-            reply = chat.request(command.frame)
+            reply = chat.request(command.request)
         except ClientError as e:
             complain(str(e))
             return False
-        if reply.get("type") == "error" and reply.get("code") == "rate_limited":
-            time.sleep(float(reply.get("retry_after") or 1.0))
+        if isinstance(reply, ErrorReply) and reply.code == ErrorCode.RATE_LIMITED:
+            time.sleep(reply.retry_after or 1.0)
             continue
-        if reply.get("type") == "error":
+        if isinstance(reply, ErrorReply):
             if printer.as_json:
                 printer(reply)
             else:
                 complain(describe_error(reply))
             return False
-        if reply.get("type") != "ok":  # who: the reply is the answer to show
+        if not isinstance(reply, Ok):  # who: the reply is the answer to show
             printer(reply)
         return True
     complain("still rate limited; giving up on a line")

@@ -2,7 +2,7 @@
 
 `probe()` learns a server's `hello` (and settles trust) before a person is
 asked for a password; `login()` / `register()` run the handshake on a Link.
-`Chat` is the session: a reader thread turns server frames into calls of
+`Chat` is the session: a reader thread turns server events into calls of
 `on_event`, answers the server's pings, pairs replies with requests, and, if
 allowed, reconnects with backoff after a drop, logging in again with the
 password it was given, and showing nothing twice.
@@ -17,15 +17,40 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
-from .. import protocol
 from ..errors import ErrorCode
 from ..passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_FLOOR, PasswordPolicy
-from . import commands
-from .link import ERROR_TEXT, ClientError, ClientOptions, Confirm, Link, ServerError, \
-    TrustError, describe_error, open_link
+from ..protocol import (
+    DirectMessage,
+    ErrorReply,
+    Hello,
+    History,
+    HistoryPage,
+    Login,
+    Message,
+    Ok,
+    Passwd,
+    Ping,
+    Pong,
+    Quit,
+    Register,
+    Request,
+    ServerEvent,
+    ServerPing,
+    Welcome,
+)
+from .link import (
+    ERROR_TEXT,
+    ClientError,
+    ClientOptions,
+    Confirm,
+    Link,
+    ServerError,
+    TrustError,
+    describe_error,
+    open_link,
+)
 from .roster import dm_peer
 
 log = logging.getLogger(__name__)
@@ -38,7 +63,7 @@ BACKOFF_MAX_S = 30.0
 # After these the run is over: reconnecting would only repeat them.
 FINAL_CODES = {ErrorCode.KICKED, ErrorCode.ACCOUNT_DISABLED, ErrorCode.BAD_CREDENTIALS}
 
-def probe(options: ClientOptions, confirm: Confirm | None = None) -> dict[str, Any]:
+def probe(options: ClientOptions, confirm: Confirm | None = None) -> Hello:
     """The server's `hello`, from a connection opened only to learn it and then
     closed: whether the server is there and trusted, and its rules, all settled
     before a person is asked for a password (the server gives a login only a
@@ -49,7 +74,7 @@ def probe(options: ClientOptions, confirm: Confirm | None = None) -> dict[str, A
     """
     link = open_link(options, confirm)
     try:
-        link.send({"type": "quit"})
+        link.send(Quit(None))
     except OSError:
         pass  # it was only a question; the answer came
     finally:
@@ -57,18 +82,18 @@ def probe(options: ClientOptions, confirm: Confirm | None = None) -> dict[str, A
     return link.hello
 
 
-def password_policy(hello: dict[str, Any]) -> PasswordPolicy:
+def password_policy(hello: Hello) -> PasswordPolicy:
     """The rules the server's `hello` says a new password must meet."""
-    length = hello.get("min_password_length")
-    if not isinstance(length, int) or isinstance(length, bool):
+    length = hello.min_password_length
+    if length is None:
         length = MIN_PASSWORD_FLOOR  # an older server: only what every server holds
     return PasswordPolicy(min(max(length, MIN_PASSWORD_FLOOR), MAX_PASSWORD_LENGTH))
 
 
-def registration_problem(hello: dict[str, Any], invite: str | None) -> str | None:
+def registration_problem(hello: Hello, invite: str | None) -> str | None:
     """Why this server will refuse to register an account, as far as its
     `hello` tells; None if it may accept one."""
-    mode = hello.get("registration")
+    mode = hello.registration
     if mode == "closed":
         return ERROR_TEXT[ErrorCode.REGISTRATION_CLOSED]
     if mode == "invite" and not invite:
@@ -77,28 +102,27 @@ def registration_problem(hello: dict[str, Any], invite: str | None) -> str | Non
     return None
 
 
-def _authenticate(link: Link, frame: dict[str, Any], timeout: float) -> dict[str, Any]:
-    link.send(frame)
+def _authenticate(link: Link, request: Login | Register, timeout: float) -> Welcome:
+    link.send(request)
     while True:
         reply = link.read(timeout)
         if reply is None:
             raise ClientError("the server closed the connection during login")
-        if reply.get("type") == "welcome":
+        if isinstance(reply, Welcome):
             return reply
-        if reply.get("type") == "error":
+        if isinstance(reply, ErrorReply):
             raise ServerError(reply)
 
 
 def login(link: Link, username: str, password: str,
-          timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
-    """Log in; returns the welcome frame. Raises ServerError with the server's reason."""
-    return _authenticate(link, {"type": "login", "username": username, "password": password},
-                         timeout)
+          timeout: float = REPLY_TIMEOUT_S) -> Welcome:
+    """Log in; returns the welcome. Raises ServerError with the server's reason."""
+    return _authenticate(link, Login(None, username, password), timeout)
 
 
 def register(link: Link, username: str, password: str, invite: str | None = None,
-             timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
-    """Create the account and log in; returns the welcome frame.
+             timeout: float = REPLY_TIMEOUT_S) -> Welcome:
+    """Create the account and log in; returns the welcome.
 
     The password is checked against the rules of the server's `hello` before
     it is sent, so that it is refused in the same words as `users add` uses.
@@ -108,10 +132,7 @@ def register(link: Link, username: str, password: str, invite: str | None = None
         ServerError: the server refused (`registration_closed`, `username_taken`, …).
     """
     password_policy(link.hello).check(password, username)
-    frame = {"type": "register", "username": username, "password": password}
-    if invite:
-        frame["invite"] = invite
-    return _authenticate(link, frame, timeout)
+    return _authenticate(link, Register(None, username, password, invite or None), timeout)
 
 
 # -- a session that survives drops ---------------------------------------------------
@@ -121,29 +142,31 @@ class Notice:
     """Something the client itself has to say: `lost`, `reconnecting`, `back`,
     `missed` (more was said while away than the server gives back), `ended`.
 
-    An `ended` that the server's error frame caused carries that frame, so that
+    An `ended` that the server's error caused carries that error, so that
     scripting mode can print it; front ends show only the notice.
     """
 
     kind: str
     text: str
-    frame: dict[str, Any] | None = field(default=None, compare=False)
+    reply: ErrorReply | None = field(default=None, compare=False)
 
 
-Event = dict[str, Any] | Notice
+Event = ServerEvent | Notice
 
 
 class _Pending:
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.reply: dict[str, Any] | None = None
+        self.reply: ServerEvent | None = None
 
 
 class Chat:
     """A logged-in session for a user interface.
 
-    `on_event` is called from the reader thread with each server frame (pings
+    `on_event` is called from the reader thread with each server event (pings
     are answered, not passed on) and with Notices about the connection.
+    `welcome` and `hello` are the server's, on the link in use, once `start`
+    has returned.
     """
 
     def __init__(self, options: ClientOptions, username: str, password: str,
@@ -159,8 +182,8 @@ class Chat:
         self.register_first = register_first
         self.login_if_taken = login_if_taken  # registering a name that exists: log in instead?
         self.invite = invite
-        self.welcome: dict[str, Any] = {}
-        self.hello: dict[str, Any] = {}  # the server's, on the link in use
+        self._welcome: Welcome | None = None
+        self._hello: Hello | None = None
         self.ended = threading.Event()
         self.end_reason: str | None = None
         self._link: Link | None = None
@@ -180,39 +203,51 @@ class Chat:
         return self._stop.is_set()
 
     @property
+    def welcome(self) -> Welcome:
+        if self._welcome is None:
+            raise RuntimeError("not logged in yet: call start()")
+        return self._welcome
+
+    @property
+    def hello(self) -> Hello:
+        if self._hello is None:
+            raise RuntimeError("not connected yet: call start()")
+        return self._hello
+
+    @property
     def fingerprint(self) -> str | None:
         return self._link.fingerprint if self._link else None
 
-    def start(self) -> dict[str, Any]:
+    def start(self) -> Welcome:
         """Connect and log in (registering first if asked); returns the welcome.
 
         Raises:
             ClientError: the first connection failed; nothing is running.
         """
-        self._link, self.welcome = self._connect(first=True)
+        self._link, self._welcome = self._connect(first=True)
         self._reader = threading.Thread(target=self._read_loop, name="chat-reader", daemon=True)
         self._reader.start()
-        return self.welcome
+        return self._welcome
 
-    def _connect(self, first: bool = False) -> tuple[Link, dict[str, Any]]:
+    def _connect(self, first: bool = False) -> tuple[Link, Welcome]:
         link = open_link(self.options, self.confirm if first else None)
-        self.hello = link.hello
+        self._hello = link.hello
         try:
             if first and self.register_first:
                 try:
                     return link, register(link, self.username, self._password, self.invite)
                 except ServerError as e:
-                    if e.code_text != ErrorCode.USERNAME_TAKEN or not self.login_if_taken:
+                    if e.reply.code != ErrorCode.USERNAME_TAKEN or not self.login_if_taken:
                         raise
             welcome = login(link, self.username, self._password)
-            self.username = welcome.get("username", self.username)
+            self.username = welcome.username
             return link, welcome
         except BaseException:
             link.close()
             raise
 
-    def request(self, frame: dict[str, Any], timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
-        """Send a request and wait for its direct reply (ok, error, who, pong).
+    def request(self, request: Request, timeout: float = REPLY_TIMEOUT_S) -> ServerEvent:
+        """Send a request and wait for its direct reply (ok, error, who, pong, history).
 
         Raises:
             ClientError: not connected, or no reply in time.
@@ -222,7 +257,7 @@ class Chat:
         with self._pending_lock:
             self._pending[request_id] = pending
         try:
-            self.send({**frame, "id": request_id})
+            self.send(replace(request, id=request_id))
             if not pending.done.wait(timeout):
                 raise ClientError("the server did not answer in time")
             if pending.reply is None:
@@ -232,29 +267,24 @@ class Chat:
             with self._pending_lock:
                 self._pending.pop(request_id, None)
 
-    def older(self, with_user: str | None = None, limit: int = OLDER_PAGE) -> dict[str, Any]:
+    def older(self, with_user: str | None = None, limit: int = OLDER_PAGE) -> ServerEvent:
         """The page before the oldest message this session has seen: the room's,
-        or the DMs with `with_user`. Returns the server's reply (a `history`
-        frame, or an error); each call goes one page further back."""
-        reply = self.request(commands.history(self._oldest.get((with_user or "").casefold()),
-                                              limit, with_user))
-        if reply.get("type") == "history":
-            messages = reply.get("messages")
-            for frame in messages if isinstance(messages, list) else []:
-                if isinstance(frame, dict):
-                    self._note_oldest(frame)
+        or the DMs with `with_user`. Returns the server's reply (a HistoryPage,
+        or an ErrorReply); each call goes one page further back."""
+        before = self._oldest.get((with_user or "").casefold())
+        reply = self.request(History(None, before, limit, with_user))
+        if isinstance(reply, HistoryPage):
+            for said in reply.messages:
+                self._note_oldest(said)
         return reply
 
-    def _note_oldest(self, frame: dict[str, Any]) -> None:
+    def _note_oldest(self, said: Message | DirectMessage) -> None:
         """Remember the oldest message seen, per conversation, for `older`."""
-        msg_id = frame.get("id")
-        if not isinstance(msg_id, int) or isinstance(msg_id, bool):
-            return
-        key = "" if frame.get("type") == "message" else dm_peer(frame, self.username).casefold()
-        if msg_id < self._oldest.get(key, msg_id + 1):
-            self._oldest[key] = msg_id
+        key = "" if isinstance(said, Message) else dm_peer(said, self.username).casefold()
+        if said.id < self._oldest.get(key, said.id + 1):
+            self._oldest[key] = said.id
 
-    def change_password(self, old: str, new: str) -> dict[str, Any]:
+    def change_password(self, old: str, new: str) -> ServerEvent:
         """Change this account's password; returns the server's reply.
 
         After an `ok`, the new password is the one used to log in again
@@ -266,17 +296,17 @@ class Chat:
             ClientError: as `request`.
         """
         password_policy(self.hello).check(new, self.username)
-        reply = self.request(commands.change_password(old, new))
-        if reply.get("type") == "ok":
+        reply = self.request(Passwd(None, old, new))
+        if isinstance(reply, Ok):
             self._password = new
         return reply
 
-    def send(self, frame: dict[str, Any]) -> None:
+    def send(self, request: Request) -> None:
         link = self._link
         if link is None:
             raise ClientError("not connected; reconnecting")
         try:
-            link.send(frame)
+            link.send(request)
         except OSError as e:
             raise ClientError(f"sending failed: {e.strerror or e}") from None
 
@@ -286,7 +316,7 @@ class Chat:
         link = self._link
         if link is not None:
             try:
-                link.send({"type": "quit"})
+                link.send(Quit(None))
             except OSError:
                 pass
             link.close()
@@ -309,8 +339,8 @@ class Chat:
                 self._end("connection lost")
                 return
 
-    def _pump(self) -> dict[str, Any] | None:
-        """Deliver frames until the link drops; the server's error frame if it
+    def _pump(self) -> ErrorReply | None:
+        """Deliver events until the link drops; the server's error if it
         ended the session for good."""
         link = self._link
         assert link is not None
@@ -318,17 +348,17 @@ class Chat:
         try:
             while True:
                 try:
-                    frame = link.read(self.options.silence_s)
+                    event = link.read(self.options.silence_s)
                 except TimeoutError:
                     if pinged:
                         break  # no answer either: the link is dead, though TCP does not know
-                    link.send(protocol.Ping(None).to_frame())
+                    link.send(Ping(None))
                     pinged = True
                     continue
-                if frame is None:
+                if event is None:
                     break
                 pinged = False
-                final = self._handle(link, frame)
+                final = self._handle(link, event)
                 if final is not None:
                     return final
         except (OSError, ClientError, TimeoutError):
@@ -340,41 +370,37 @@ class Chat:
             self.on_event(Notice("lost", "connection lost"))
         return None
 
-    def _handle(self, link: Link, frame: dict[str, Any]) -> dict[str, Any] | None:
-        kind = frame.get("type")
-        if kind == "ping":
-            link.send(protocol.Pong(None).to_frame())
+    def _handle(self, link: Link, event: ServerEvent) -> ErrorReply | None:
+        if isinstance(event, ServerPing):
+            link.send(Pong(None))
             return None
-        re_ = frame.get("re")
+        re_ = getattr(event, "re", None)  # replies carry the id of their request
         if isinstance(re_, str):
             with self._pending_lock:
                 pending = self._pending.get(re_)
             if pending is not None:
-                pending.reply = frame
+                pending.reply = event
                 pending.done.set()
                 return None
         # A reply that came after its request gave up waiting is no verdict on
         # the session: a late `bad_credentials` is a wrong old password.
-        if kind == "error" and frame.get("code") in FINAL_CODES and "re" not in frame:
-            return frame  # said once, by the notice that the session ended
-        if kind == "message" and not self._is_news(frame):
+        if isinstance(event, ErrorReply) and event.code in FINAL_CODES and event.re is None:
+            return event  # said once, by the notice that the session ended
+        if isinstance(event, Message) and not self._is_news(event):
             return None
-        if kind in ("message", "dm"):
-            self._note_oldest(frame)
-        self.on_event(frame)
+        if isinstance(event, (Message, DirectMessage)):
+            self._note_oldest(event)
+        self.on_event(event)
         return None
 
-    def _is_news(self, frame: dict[str, Any]) -> bool:
+    def _is_news(self, message: Message) -> bool:
         """False for a room message this session has shown already (given
         again after a reconnect); says so if the replay leaves a gap.
 
         This rests on the protocol's promise that ids only ever increase,
         across restarts too (a server put back to an older copy of its
         database would break it: its new messages would look seen)."""
-        msg_id = frame.get("id")
-        if not isinstance(msg_id, int) or isinstance(msg_id, bool):
-            return True
-        replayed = frame.get("history") is True
+        msg_id, replayed = message.id, message.history
         if replayed and self._first_replay_after_reconnect:
             self._first_replay_after_reconnect = False
             if msg_id > self._newest_in_room > 0:  # nothing shown is among the ones given
@@ -393,13 +419,13 @@ class Chat:
             if self._stop.wait(delay):
                 return False
             try:
-                self._link, self.welcome = self._connect()
+                self._link, welcome = self._connect()
             except ServerError as e:
-                if e.code_text in FINAL_CODES:
-                    self._end(str(e), e.frame)
+                if e.reply.code in FINAL_CODES:
+                    self._end(str(e), e.reply)
                     return False
-                if isinstance(e.retry_after, (int, float)):
-                    delay = max(delay, float(e.retry_after))
+                if e.reply.retry_after is not None:
+                    delay = max(delay, e.reply.retry_after)
             except TrustError as e:  # a changed certificate: say why, never retry it
                 self._end(str(e))
                 return False
@@ -410,9 +436,10 @@ class Chat:
                     self._link.close()
                     self._link = None
                     return False
+                self._welcome = welcome
                 self._first_replay_after_reconnect = True
                 self.on_event(Notice("back", "reconnected"))
-                self.on_event(self.welcome)
+                self.on_event(welcome)
                 return True
             delay = min(BACKOFF_MAX_S, delay * 2) * random.uniform(0.9, 1.1)
         return False
@@ -422,9 +449,9 @@ class Chat:
             for pending in self._pending.values():
                 pending.done.set()
 
-    def _end(self, reason: str, frame: dict[str, Any] | None = None) -> None:
+    def _end(self, reason: str, reply: ErrorReply | None = None) -> None:
         if not self.ended.is_set():
             self.end_reason = reason
             if not self._closing:  # a goodbye the user asked for needs no notice
-                self.on_event(Notice("ended", reason, frame))
+                self.on_event(Notice("ended", reason, reply))
             self.ended.set()

@@ -24,10 +24,11 @@ from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.styles import Style
 
-from .session import Chat, Event, Notice
+from ..errors import AuthchatError
+from ..protocol import ErrorReply, Ok, Request, ServerEvent
 from .commands import HELP, Local, Mistake, Send, parse
 from .display import CONNECTION_STATE, STYLE, render
-from ..errors import AuthchatError
+from .session import Chat, Event, Notice
 
 style = Style.from_dict(STYLE | {"bottom-toolbar": "noreverse #aaaaaa bg:#222222"})
 
@@ -117,22 +118,22 @@ class Screen:
             else:
                 self._change_password()
         elif isinstance(command, Send):
-            self._request(command.frame)
+            self._request(command.request)
         return True
 
-    def _request(self, frame: dict[str, Any]) -> bool:
+    def _request(self, request: Request) -> bool:
         """Send; show the answer unless it is a plain ok. True if the server agreed."""
-        return self._answer(lambda: self.chat.request(frame))
+        return self._answer(lambda: self.chat.request(request))
 
-    def _answer(self, ask: Callable[[], dict[str, Any]]) -> bool:
+    def _answer(self, ask: Callable[[], ServerEvent]) -> bool:
         try:
             reply = ask()
         except AuthchatError as e:  # not sent (InvalidPassword), or no answer (ClientError)
             self.note(f"!!! {e}", "class:error")
             return False
-        if reply.get("type") != "ok":  # errors, and who's answer
+        if not isinstance(reply, Ok):  # errors, and who's answer
             self.show(reply)
-        return reply.get("type") != "error"
+        return not isinstance(reply, ErrorReply)
 
     def _change_password(self) -> None:
         # A session of its own, so no password lands in the up/down history.

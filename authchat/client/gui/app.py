@@ -16,10 +16,11 @@ from functools import partial
 from tkinter import ttk
 from typing import Any
 
+from ...errors import ErrorCode, InvalidPassword
+from ...protocol import Welcome
+from ...sanitize import escape
 from ..link import ClientOptions, ServerError, TrustError
 from ..session import Chat, Event
-from ...errors import ErrorCode, InvalidPassword
-from ...sanitize import escape
 from .chat_window import ChatView
 from .threads import WORK_PER_TICK, Answer, Inbox, Jobs, Mailbox, Worker
 from .widgets import ConnectForm, Dialog, Login, NoDisplay, alert
@@ -109,7 +110,7 @@ class App:
                ["Cancel", "Trust"], lambda button, _: answer.give(button == "Trust"),
                detail=seen, tone="warning")
 
-    def _logged_in(self, number: int, chat: Chat, welcome: dict[str, Any]) -> None:
+    def _logged_in(self, number: int, chat: Chat, welcome: Welcome) -> None:
         self._connecting = None
         if self.form is not None:
             self.form.destroy()
@@ -127,7 +128,7 @@ class App:
         if self.form is None:
             return
         self.form.busy(None)
-        if isinstance(error, ServerError) and error.code_text == ErrorCode.BAD_CREDENTIALS:
+        if isinstance(error, ServerError) and error.reply.code == ErrorCode.BAD_CREDENTIALS:
             self.form.forget_password()
         alert(self.root, _failure_title(error), escape(str(error)))
 
@@ -250,7 +251,8 @@ def _look(root: tk.Tk) -> None:
 
 def _font(root: tk.Tk, name: str) -> dict[str, Any]:
     described = root.tk.splitlist(root.tk.call("font", "actual", name))
-    return {str(key).lstrip("-"): value for key, value in zip(described[::2], described[1::2])}
+    pairs = zip(described[::2], described[1::2], strict=True)  # -option value …
+    return {str(key).lstrip("-"): value for key, value in pairs}
 
 
 def run(options: ClientOptions, username: str = "") -> int:

@@ -15,18 +15,33 @@ import tkinter as tk
 from collections.abc import Callable
 from functools import partial
 from tkinter import ttk
-from typing import Any
+from typing import TypeVar
 
-from ..link import describe_error
-from ..session import Chat, Event, Notice
-from ..commands import HELP, Local, Mistake, Send, moderate, parse, who
-from ..display import CONNECTION_STATE, render
-from ..roster import Roster, dm_peer
+from ...protocol import (
+    DirectMessage,
+    ErrorReply,
+    HistoryPage,
+    Join,
+    Leave,
+    Message,
+    Ok,
+    Request,
+    ServerEvent,
+    Welcome,
+    Who,
+    WhoList,
+)
 from ...sanitize import escape
+from ..commands import HELP, MODERATION, Local, Mistake, Send, parse
+from ..display import CONNECTION_STATE, render
+from ..link import describe_error
+from ..roster import Roster, dm_peer
+from ..session import Chat, Event, Notice
 from .threads import Jobs
 from .widgets import TONES, Conversation, Dialog, StatusBar, Timed, alert
 
-Reply = dict[str, Any]
+T = TypeVar("T")
+R = TypeVar("R")
 FINGERPRINT_PAIRS_SHOWN = 8  # of 32, in the status bar; the security dialog has all
 
 
@@ -39,7 +54,7 @@ class ChatView(Timed, ttk.Frame):
         self.chat, self.jobs = chat, jobs
         self._log_out, self._quit = log_out, quit
         self.me = chat.username
-        self.role = str(chat.welcome.get("role", "user"))
+        self.role = chat.welcome.role
         self.roster = Roster()
         self.connected = True  # logged in; while not, no one is listed as online
         self.listed: list[str] = []  # the names in the user list, in its order
@@ -150,13 +165,13 @@ class ChatView(Timed, ttk.Frame):
                  partial(self._older_came, conversation),
                  partial(self._older_failed, conversation))
 
-    def _older_came(self, conversation: Conversation, reply: Reply) -> None:
+    def _older_came(self, conversation: Conversation, reply: ServerEvent) -> None:
         self._loading.discard(conversation)
         conversation = self._still_open(conversation)
-        if reply.get("type") != "history":
+        if not isinstance(reply, HistoryPage):
             conversation.add(render(reply, self.me))
             return
-        if reply.get("more") is not True:
+        if not reply.more:
             self._exhausted.add(conversation)
         conversation.prepend(render(reply, self.me))
 
@@ -197,33 +212,32 @@ class ChatView(Timed, ttk.Frame):
     # -- what the server says --------------------------------------------------
 
     def show(self, event: Event) -> None:
-        """Show one server frame or connection notice."""
+        """Show one server event or connection notice."""
         if isinstance(event, Notice):
             self._notice(event)
             return
         if self.roster.apply(event):
             self._relist()
-        kind = event.get("type")
-        if kind == "welcome":
+        if isinstance(event, Welcome):
             self._welcomed(event)
         fragments = render(event, self.me)
         room = self.conversations[""]
-        if kind == "dm":
+        if isinstance(event, DirectMessage):
             self._arrived(self.open_conversation(dm_peer(event, self.me)), fragments)
-        elif kind == "message":
+        elif isinstance(event, Message):
             self._arrived(room, fragments)
         else:
             room.add(fragments)
-            who = str(event.get("username") or "").casefold()
-            peer = self.conversations.get(who) if who else None
-            if peer is not None and kind in ("join", "leave"):
+            peer = self.conversations.get(event.username.casefold()) \
+                if isinstance(event, (Join, Leave)) else None
+            if peer is not None:
                 peer.add(fragments)
-            elif kind == "error" and self.current() is not room:
+            elif isinstance(event, ErrorReply) and self.current() is not room:
                 self.current().add(fragments)
 
-    def _welcomed(self, welcome: Reply) -> None:
-        self.me = str(welcome.get("username", self.me))
-        self.role = str(welcome.get("role", self.role))
+    def _welcomed(self, welcome: Welcome) -> None:
+        self.me = welcome.username
+        self.role = welcome.role
         self.connected = True
         self._relist()  # who the welcome names
         self.show_status("connected", "info")
@@ -277,9 +291,9 @@ class ChatView(Timed, ttk.Frame):
     def _ask_roles(self) -> None:
         """The welcome names who is online; one `who` says who of them are admins
         (joins say it themselves). It costs one request of the rate limit."""
-        self.request(who(), self._roster_reply, lambda _: None)
+        self.request(Who(None), self._roster_reply, lambda _: None)
 
-    def _roster_reply(self, reply: Reply) -> None:
+    def _roster_reply(self, reply: ServerEvent) -> None:
         # A reply read just before the link dropped can be handed over just
         # after the notice that it did: it no longer says who is online.
         if self.connected and self.roster.apply(reply):
@@ -324,7 +338,7 @@ class ChatView(Timed, ttk.Frame):
     def _moderate(self, action: str, name: str, button: str | None, values: list[str]) -> None:
         if button == action.title():
             room = self.conversations[""]
-            self.request(moderate(action, name, values[0].strip()),
+            self.request(MODERATION[action](None, name, values[0].strip()),
                          partial(self._answered, room, ""), partial(self._failed, room, ""))
 
     # -- what the user types ---------------------------------------------------
@@ -352,7 +366,7 @@ class ChatView(Timed, ttk.Frame):
         elif isinstance(command, Local):
             self._local(command.name, conversation)
         elif isinstance(command, Send):
-            self.request(command.frame, partial(self._answered, conversation, typed),
+            self.request(command.request, partial(self._answered, conversation, typed),
                          partial(self._failed, conversation, typed))
 
     def _local(self, name: str, conversation: Conversation) -> None:
@@ -366,26 +380,26 @@ class ChatView(Timed, ttk.Frame):
         else:
             self.change_password()
 
-    def request(self, frame: Reply, done: Callable[[Reply], None],
+    def request(self, request: Request, done: Callable[[ServerEvent], None],
                 failed: Callable[[Exception], None]) -> None:
-        self.ask(partial(self.chat.request, frame), done, failed)
+        self.ask(partial(self.chat.request, request), done, failed)
 
-    def ask(self, call: Callable[[], Reply], done: Callable[[Reply], None],
+    def ask(self, call: Callable[[], T], done: Callable[[T], None],
             failed: Callable[[Exception], None]) -> None:
         """Run `call` on the worker; its answer comes back unless this view is gone
         by then (logged out), when there is nowhere left to show it."""
-        def if_shown(then: Callable[[Any], None], result: Any) -> None:
+        def if_shown(then: Callable[[R], None], result: R) -> None:
             if self.winfo_exists():
                 then(result)
         self.jobs.run(call, partial(if_shown, done), partial(if_shown, failed))
 
-    def _answered(self, conversation: Conversation, typed: str, reply: Reply) -> None:
+    def _answered(self, conversation: Conversation, typed: str, reply: ServerEvent) -> None:
         conversation = self._still_open(conversation)
-        if reply.get("type") != "ok":
+        if not isinstance(reply, Ok):
             conversation.add(render(reply, self.me))
-        if reply.get("type") == "error":
+        if isinstance(reply, ErrorReply):
             self._put_back(conversation, typed)
-        elif reply.get("type") == "who":
+        elif isinstance(reply, WhoList):
             self._roster_reply(reply)
 
     def _failed(self, conversation: Conversation, typed: str, error: Exception) -> None:
@@ -428,11 +442,12 @@ class ChatView(Timed, ttk.Frame):
     def _password_not_changed(self, error: Exception) -> None:
         alert(self, "Password not changed", escape(str(error)))
 
-    def _password_changed(self, reply: Reply) -> None:
-        if reply.get("type") == "ok":
+    def _password_changed(self, reply: ServerEvent) -> None:
+        if isinstance(reply, Ok):
             alert(self, "Password changed", "Your password is changed.", tone="info")
         else:
-            alert(self, "Password not changed", describe_error(reply))
+            why = describe_error(reply) if isinstance(reply, ErrorReply) else "unknown error"
+            alert(self, "Password not changed", why)
 
 
 def short_fingerprint(fingerprint: str) -> str:

@@ -15,10 +15,10 @@ from functools import partial
 from tkinter import ttk
 from typing import Any, Literal
 
-from ..link import ClientOptions
-from ..display import Fragments
 from ...errors import AuthchatError
 from ...sanitize import escape
+from ..display import Fragments
+from ..link import ClientOptions
 
 SCROLLBACK_LINES = 10_000  # per conversation; the oldest lines go first
 LONGEST_MESSAGE_SHOWN = 2000  # characters of server text in a dialog
