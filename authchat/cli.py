@@ -24,8 +24,7 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__, client
-from .client import script
-from .client import ClientOptions
+from .client import ClientOptions, script
 from .config import Config, load_config
 from .errors import AuthchatError, ConfigError, InvalidPassword, StoreBusy, UsernameTaken
 from .logs import setup_logging
@@ -628,9 +627,9 @@ def _status(user: User) -> str:
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
     for row in (header, *rows):
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 # -- the group options, accepted after any subcommand too ---------------------

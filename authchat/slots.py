@@ -6,10 +6,11 @@ holding, and at most `max_waiting` wait in all; past either limit a waiter
 is refused at once rather than queued, so neither one address nor everybody
 together can make the line long. When the line is full, an address with
 fewer places takes the place of the newest waiter of the address with the
-most, so a few addresses keeping it full cannot keep everyone else out. Waiters are served round-robin by key
-(limits.RoundRobin), not in arrival order: an address with requests waiting
-gets one turn a round like every other, so however hard it pushes, another
-address waits for at most one of its hashes a round.
+most, so a few addresses keeping it full cannot keep everyone else out.
+Waiters are served round-robin by key (limits.RoundRobin), not in arrival
+order: an address with requests waiting gets one turn a round like every
+other, so however hard it pushes, another address waits for at most one of
+its hashes a round.
 
 No sockets and no SQL: it is tested with threads alone.
 """

@@ -54,7 +54,7 @@ class Row:
         return len(self._values)
 
     def __repr__(self) -> str:
-        return f"Row({dict(zip(self._columns, self._values))!r})"
+        return f"Row({dict(zip(self._columns, self._values, strict=True))!r})"
 
 
 class Cursor:
