@@ -191,7 +191,7 @@ def _watch_a_flood(display: str, server: Authchat, messages: int, per_tick: int,
 
 def _figures(beats: list[float], marks: dict[str, float], messages: int,
              per_tick: int) -> dict[str, Any]:
-    gaps = [(b - a, b) for a, b in zip(beats, beats[1:])]
+    gaps = [(b - a, b) for a, b in itertools.pairwise(beats)]
     idle = [gap for gap, at in gaps if at <= marks["flood"]]
     busy = [gap for gap, at in gaps if marks["flood"] < at <= marks["shown"]]
     busy_sorted = sorted(busy) or [0.0]

@@ -75,7 +75,7 @@ def markdown(header: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 def _fmt(value: float | None, digits: int | None = None) -> str:
     if value is None:
-        return "–"
+        return "\N{EN DASH}"  # no figure: a dash, as tables print it
     if digits is not None:
         return f"{value:.{digits}f}"
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"

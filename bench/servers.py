@@ -52,10 +52,10 @@ class ServerUnderTest:
 
     def start(self, users: int) -> None:
         self.prepare(users)
-        log = open(self.dir / "server.log", "wb")
-        self.proc = subprocess.Popen(self.command(), env=self.environment(), stdout=log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=self.dir)
+        with open(self.dir / "server.log", "wb") as log:  # the server keeps its own copy
+            self.proc = subprocess.Popen(self.command(), env=self.environment(), stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=self.dir)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
