@@ -35,6 +35,7 @@ from .room import Member, Room
 from .sanitize import escape
 from .store import DatabaseError, Store
 from .store.messages import BatchItem, DirectMessage, MessageLog, RoomMessages, StoredMessage
+from .timestamps import timestamp
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class Journal:
             return batch
 
     def _commit(self, batch: list[_Entry]) -> None:
-        ts = protocol.timestamp()
+        ts = timestamp()
         stored: list[BatchItem] = []
         live: list[_Entry] = []
         for entry in batch:

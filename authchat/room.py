@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from . import protocol
+from .timestamps import timestamp
 
 BLOCK_FRAMES = 256
 
@@ -293,7 +294,7 @@ class Room:
         For a server keeping no history; the journal numbers stored messages
         and gives them to say_stored.
         """
-        ts = protocol.timestamp()
+        ts = timestamp()
         templates = _templates(sender.username, texts, ts)
         with self._lock:
             first = self._last_id + 1
@@ -343,7 +344,7 @@ class Room:
                 return None
             msg_id = self._next_id() if msg_id is None else msg_id
             data = protocol.encode_event(protocol.DirectMessage(
-                msg_id, sender.username, targets[0].username, text, ts or protocol.timestamp()))
+                msg_id, sender.username, targets[0].username, text, ts or timestamp()))
             receivers = targets + [s for s in self._members.get(sender.username.lower(), [])
                                    if s not in targets]
             for session in receivers:

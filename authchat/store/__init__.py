@@ -50,6 +50,7 @@ from ..errors import (
     UsernameTaken,
 )
 from ..passwords import PasswordHasher, PasswordPolicy
+from ..timestamps import to_seconds, utc_now
 from ..usernames import skeleton, validate_username
 from . import schema, sqlite
 from .schema import Migration
@@ -63,10 +64,6 @@ BUSY_TIMEOUT_MS = 5000
 BUSY_RETRIES = 3
 SQLITE_WAL_RESET_FIXED = (3, 51, 3)
 ROLES = ("user", "admin")
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -468,12 +465,12 @@ class Store:
             raise ValueError("uses must be at least 1")
         token = secrets.token_urlsafe(24)
         created = datetime.now(UTC)
-        expires = _iso(created + expires_in) if expires_in is not None else None
+        expires = to_seconds(created + expires_in) if expires_in is not None else None
         with self.transaction() as conn:
             cursor = conn.execute(
                 "INSERT INTO invites (token_hash, role, max_uses, expires_at, created_at,"
                 " created_by) VALUES (?, ?, ?, ?, ?, ?)",
-                (_token_hash(token), role, uses, expires, _iso(created), actor))
+                (_token_hash(token), role, uses, expires, to_seconds(created), actor))
             invite_id = cursor.lastrowid
             _audit(conn, actor, "invite.create", f"invite:{invite_id}",
                    {"role": role, "uses": uses, "expires_at": expires})
@@ -520,10 +517,6 @@ def _user(row: sqlite.Row) -> User:
 def _check_role(role: str) -> None:
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
-
-
-def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _token_hash(token: str) -> str:

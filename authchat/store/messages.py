@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, cast
 
-from ..protocol import timestamp  # the form messages carry: text order is time order
+from ..timestamps import timestamp  # the form messages carry: text order is time order
 from . import Store, _audit
 from .sqlite import Connection, Row
 
