@@ -482,7 +482,6 @@ class Connection:
         a deleted one (names are unique among accounts): end them before this
         one enters, so that nothing meant for either reaches the other."""
         for member in self.server.room.sessions_of(user.username):
-            assert isinstance(member, Session)
             if member.account_id != user.id:
                 member.end_for_account_gone()
 
@@ -739,7 +738,6 @@ class Connection:
         # ok first: the target's leave must not overtake it in the admin's stream
         session.reply(Ok(request.id))
         for target in targets:
-            assert isinstance(target, Session)
             target.end(ErrorCode.KICKED, note, "kicked")
         log.info("%s %s %s (%s)", escape(session.username), verb, escape(request.username),
                  escape(request.reason))

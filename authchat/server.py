@@ -75,8 +75,8 @@ class Server:
         self.config = config
         self.store = store
         history = config.history
-        self.room = Room(config.limits.max_sessions_per_user,
-                         history_on_join=history.on_join if history.enabled else 0)
+        self.room: Room[Session] = Room(config.limits.max_sessions_per_user,
+                                        history_on_join=history.on_join if history.enabled else 0)
         # With history on, every message is stored before the room sees it.
         self.journal = Journal(store, self.room) if history.enabled else None
         self.writers = WriterPool(self.room.feed, WRITER_THREADS, SEND_TIMEOUT_S, LINGER_S)
@@ -423,7 +423,7 @@ class Server:
         if len(sessions) < self.room.max_sessions_per_user:
             return False
         key = ip_key(ip)
-        return any(isinstance(s, Session) and ip_key(s.connection.ip) == key for s in sessions)
+        return any(ip_key(s.connection.ip) == key for s in sessions)
 
     def connection_count(self) -> int:
         with self._lock:
@@ -466,16 +466,13 @@ class Server:
         deleted account loses them all, a changed password all but the one
         that changed it, a new role applies at once."""
         members = self.room.members()
-        current = self.store.users_by_id({m.account_id for m in members
-                                          if isinstance(m, Session)})
+        current = self.store.users_by_id({m.account_id for m in members})
         for member in members:
-            assert isinstance(member, Session)
             member.follow_account(current.get(member.account_id))
 
     def _force_overdue_closes(self) -> None:
         now = time.monotonic()
         for member in self.room.members():
-            assert isinstance(member, Session)
             if member.close_by is not None and now > member.close_by:
                 member.connection.transport_shutdown()
 
