@@ -27,6 +27,7 @@ for its worker. The server holds no SQL: the Store does.
 
 from __future__ import annotations
 
+import errno
 import logging
 import resource
 import selectors
@@ -62,6 +63,21 @@ ACCEPT_POLL_S = 0.5
 ACCEPT_BACKOFF_S = 0.1
 WRITER_THREADS = 2             # 1 measured no better at 10 clients: docs/benchmarks.md
 REFUSAL_THREADS = 16           # TLS refusals in flight at once; past that, just close
+# accept() errors that mean the process or the machine is out of a resource:
+# they pass as connections close, so the loop backs off and tries again
+# (trio's ACCEPT_CAPACITY_ERRNOS).
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+# accept() errors that belong to the one connection it was taking: Linux
+# passes a new socket's pending network error on from accept() (see
+# accept(2)), and a firewall may refuse it. That connection is gone; the next
+# is served at once. The list is trio's SocketListener's; some are not on
+# every platform.
+ACCEPT_PER_CONNECTION_ERRNOS = frozenset(
+    getattr(errno, name) for name in (
+        "EPERM", "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
+        "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "ENOSR", "ESOCKTNOSUPPORT",
+        "EPROTONOSUPPORT", "ETIMEDOUT", "ECONNRESET")
+    if hasattr(errno, name))
 
 
 class Server:
@@ -192,9 +208,8 @@ class Server:
             sock, address = self._listener.accept()
         except BlockingIOError:
             return
-        except OSError as e:  # EMFILE and friends: shed load, never spin or die
-            log.error("accept failed: %s", e)
-            time.sleep(ACCEPT_BACKOFF_S)
+        except OSError as e:
+            _accept_failed(e)
             return
         ip = address[0]
         conn = Connection(self, sock, ip)
@@ -312,6 +327,21 @@ class Server:
         for member in self.room.members():
             if member.close_by is not None and now > member.close_by:
                 member.connection.transport_shutdown()
+
+
+def _accept_failed(error: OSError) -> None:
+    """Keep the accept loop serving whatever accept() raised: never spin, never die."""
+    if error.errno in ACCEPT_CAPACITY_ERRNOS:  # shed load until connections close
+        log.error("accept failed: %s", error)
+        time.sleep(ACCEPT_BACKOFF_S)
+    elif error.errno in ACCEPT_PER_CONNECTION_ERRNOS:
+        log.debug("a connection failed as it was accepted: %s", error)
+    else:
+        # Our bug or the listener's: said in full. It may well come back at
+        # once, so back off as for capacity rather than spin on it.
+        log.error("accept failed unexpectedly; retrying in %g s", ACCEPT_BACKOFF_S,
+                  exc_info=error)
+        time.sleep(ACCEPT_BACKOFF_S)
 
 
 def _listen(host: str, port: int) -> socket.socket:
