@@ -32,8 +32,8 @@ from .passwords import PasswordPolicy
 from .protocol import timestamp
 from .sanitize import escape, escape_json
 from .server import Server
-from .store import DatabaseError, Store, User
-from .store.messages import MessageLog
+from .store import ROLES, DatabaseError, Store, User
+from .store.messages import NO_ID, MessageLog
 from .tls import default_known_servers
 from .usernames import validate_username
 
@@ -378,7 +378,7 @@ def users_passwd(settings: Settings, username: str, password_stdin: bool) -> Non
 
 @users.command("role")
 @click.argument("username")
-@click.argument("role", type=click.Choice(["user", "admin"]))
+@click.argument("role", type=click.Choice(ROLES))
 @pass_settings
 def users_role(settings: Settings, username: str, role: str) -> None:
     """Make an account a user or an admin."""
@@ -448,7 +448,7 @@ def invites() -> None:
               help="How many registrations the invite allows.")
 @click.option("--expires", default="7d", show_default=True, metavar="DURATION",
               help="Lifetime: a number with s, m, h, d or w, or 'never'.")
-@click.option("--role", default="user", show_default=True, type=click.Choice(["user", "admin"]),
+@click.option("--role", default="user", show_default=True, type=click.Choice(ROLES),
               help="Role of accounts registered with it.")
 @pass_settings
 def invites_create(settings: Settings, uses: int, expires: str, role: str) -> None:
@@ -474,7 +474,7 @@ def invites_list(settings: Settings, as_json: bool) -> None:
 
 
 @invites.command("revoke")
-@click.argument("invite_id", metavar="ID", type=click.IntRange(1, 2**63 - 1))
+@click.argument("invite_id", metavar="ID", type=click.IntRange(1, NO_ID))
 @pass_settings
 def invites_revoke(settings: Settings, invite_id: int) -> None:
     """Revoke an invite so it can no longer be used."""

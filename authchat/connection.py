@@ -7,6 +7,9 @@ reads, and one of the server's writer threads (writers.py) sends what the
 session's Outbox holds. Every request is answered here; the room does the
 fan-out.
 
+A connection sees its server only as a `Host`, the narrow interface below,
+and leaves to admission.py who may log in, register or hash, and when.
+
 A failure in one connection is logged and closes that connection only.
 """
 
@@ -17,10 +20,13 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, TypeVar
 
 from . import __version__, protocol
+from .admission import Admission, Refusal
+from .config import Config
 from .errors import (
     AccountDisabled,
     AuthchatError,
@@ -32,9 +38,8 @@ from .errors import (
     ShuttingDown,
     UsernameTaken,
 )
-from .limits import TokenBucket
-from .sanitize import escape, redacted
-from .journal import history_event, waiting_frames
+from .journal import Journal, history_event, waiting_frames
+from .limits import TokenBucket, ip_key
 from .protocol import (
     Ban,
     Dm,
@@ -63,30 +68,62 @@ from .protocol import (
     WhoList,
     encode_event,
 )
-from .room import Outbox
-from .store import DatabaseError, User
+from .room import Outbox, Room
+from .sanitize import escape, redacted
+from .store import DatabaseError, Store, User
 from .store.messages import StoredMessage
-from .transport import PlainTransport, TLSTransport, TransportClosed
-
-if TYPE_CHECKING:
-    from .server import Server
+from .transport import (
+    LINGER_S,
+    SEND_TIMEOUT_S,
+    TLS_HANDSHAKE_MAX_S,
+    PlainTransport,
+    TLSTransport,
+    TransportClosed,
+)
+from .writers import WriterPool
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-SEND_TIMEOUT_S = 30.0
 SEND_BUFFER_BYTES = 256 * 1024
-TLS_HANDSHAKE_MAX_S = 5.0
-LINGER_S = 1.0                 # how long a closing connection waits for the peer to hang up
 EVICTION_GRACE_S = 2.0         # how long an ended session may take to flush before a hard close
 INTERNAL_ERROR = "internal error"
+BUSY_RETRY_S = 1.0             # when a login finds bcrypt's line full: try again this soon
 
 
-@dataclass
-class Refusal:
-    code: ErrorCode
-    message: str
-    retry_after: float | None = None
-    names_an_account: bool = False  # the name tried is an account's: the log may show it
+class Host(Protocol):
+    """What a connection needs of the server that accepted it: all it may
+    touch of it. The server satisfies it structurally, and this module never
+    imports the server."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def tls_context(self) -> ssl.SSLContext | None: ...
+
+    @property
+    def stopping(self) -> threading.Event: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def room(self) -> Room[Session]: ...
+
+    @property
+    def journal(self) -> Journal[Session] | None: ...
+
+    @property
+    def writers(self) -> WriterPool: ...
+
+    @property
+    def admission(self) -> Admission[Connection]: ...
+
+    def off_thread(self, work: Callable[..., T], *args: Any) -> T:
+        """Run `work` on one of the server's few worker threads, for bcrypt
+        and SQLite, and wait for its result."""
+        ...
 
 
 class Session:
@@ -107,7 +144,7 @@ class Session:
         self.password_version = user.password_version
         # The version this session's own change would write, while it is made.
         self.password_version_changing_to: int | None = None
-        limits = connection.server.config.limits
+        limits = connection.host.config.limits
         self.outbox = Outbox(limits.outbound_queue_bytes)
         self.end_reason: str | None = None
         self.close_by: float | None = None
@@ -173,19 +210,19 @@ class Session:
 class Connection:
     """One client connection, from accept to close, run in its own thread."""
 
-    def __init__(self, server: Server, sock: socket.socket, ip: str) -> None:
-        self.server = server
+    def __init__(self, host: Host, sock: socket.socket, ip: str) -> None:
+        self.host = host
         self.sock = sock
         self.ip = ip
         self.accepted_at = time.monotonic()
         self.authenticated = False
         self.session: Session | None = None
         self.transport: PlainTransport | None = None
-        limits = server.config.limits
+        limits = host.config.limits
         self.protocol = ServerProtocol(limits.max_frame_bytes, limits.max_text_length)
         self.reader_done = threading.Event()
         self._welcome_re: protocol.RequestId = None
-        # Set under the server's lock: evicted to make room before login; or
+        # Set under the admission's lock: evicted to make room before login; or
         # not to be, since its login is being checked.
         self.evicted = False
         self.checking = False
@@ -195,7 +232,7 @@ class Connection:
     # -- lifecycle: setup, handle, finish ----------------------------------------
 
     def run(self) -> None:
-        self.server.track(self)
+        self.host.admission.track(self)
         log.info("connection from %s", self.ip)
         try:
             self._setup()
@@ -216,7 +253,7 @@ class Connection:
         # let a client that never reads park up to 4 MiB in kernel memory on
         # top of its outbound queue.
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-        context = self.server.tls_context
+        context = self.host.tls_context
         if context is None:
             self.transport = PlainTransport(self.sock, SEND_TIMEOUT_S)
         else:
@@ -239,7 +276,7 @@ class Connection:
             self.transport.close()
         else:
             self.sock.close()
-        self.server.release(self)
+        self.host.admission.release(self)
         if session is not None:
             # Cut the cycles an ended session sits in: it and this connection
             # refer to each other, and its outbox holds the writer's wake-up
@@ -251,7 +288,7 @@ class Connection:
 
     @property
     def _handshake_deadline(self) -> float:
-        return self.accepted_at + self.server.config.limits.handshake_timeout_s
+        return self.accepted_at + self.host.config.limits.handshake_timeout_s
 
     def stop_for_shutdown(self) -> None:
         """Called from the shutdown thread: end this connection with server_shutdown."""
@@ -302,9 +339,9 @@ class Connection:
             pass
 
     def _handshake(self) -> User | None:
-        cfg = self.server.config
+        cfg = self.host.config
         self._send_now(Hello(f"authchat/{__version__}", cfg.server.registration,
-                              self.server.tls_context is not None,
+                              self.host.tls_context is not None,
                               cfg.auth.min_password_length))
         assert self.transport is not None
         while True:
@@ -317,7 +354,7 @@ class Connection:
             if self.evicted:
                 self._fail_evicted()
                 return None
-            if self.server.stopping.is_set():
+            if self.host.stopping.is_set():
                 self._fail(ErrorCode.SERVER_SHUTDOWN, "the server is shutting down")
                 return None
             if not data:
@@ -343,24 +380,39 @@ class Connection:
             self._linger()
             return False
         assert isinstance(event, (Login, Register))
-        if isinstance(event, Login) and self.server.sessions_full_here(self.ip, event.username):
+        if isinstance(event, Login) and self._sessions_full_here(event.username):
             # what room.enter would say after the hash: no bcrypt for it
             self._fail(ErrorCode.TOO_MANY_SESSIONS, "too many sessions for this account",
                        event.id)
             return False
-        if not self.server.start_checking(self):
+        if not self.host.admission.start_checking(self):
             self._fail_evicted()
             return False
         user = self._authenticate(event)
         if user is not None:  # not evicted from here until it is in the room
             self._welcome_re = event.id
             return user
-        self.server.stop_checking(self)
+        self.host.admission.stop_checking(self)
         if self.protocol.auth_failed():
             log.info("closing %s after %d failed logins", self.ip, protocol.MAX_AUTH_FAILURES)
             self._linger()
             return False
         return None
+
+    def _sessions_full_here(self, username: str) -> bool:
+        """Whether the account has its maximum of sessions, one of them from
+        this address: a login from here would be refused after its hash.
+
+        Said to that address alone, which already knows the account is in
+        use; anyone else learns only after the password is checked, so it
+        tells no stranger that the account exists.
+        """
+        room = self.host.room
+        sessions = room.sessions_of(username)
+        if len(sessions) < room.max_sessions_per_user:
+            return False
+        key = ip_key(self.ip)
+        return any(ip_key(s.connection.ip) == key for s in sessions)
 
     def _fail_evicted(self) -> None:
         self._fail(ErrorCode.TOO_MANY_CONNECTIONS, "the server is full; try again")
@@ -378,68 +430,81 @@ class Connection:
         return None
 
     def _attempt(self, request: Login | Register) -> User | Refusal:
-        """A registration, or a login the throttle lets through, checked in turn."""
-        if isinstance(request, Register):
-            return self._registration_refusal(request) or self._register_in_turn(request)
-        with self.server.login_attempt(self.ip, request.username) as wait:
-            if wait > 0:
-                return Refusal(ErrorCode.RATE_LIMITED, "too many failed logins; try later", wait)
-            return self._check_in_turn(request)
+        """A registration or a login, throttled, then checked in turn.
 
-    def _check_in_turn(self, request: Login | Register) -> User | Refusal:
-        """Check the credentials on an auth thread, once a hashing slot is free."""
-        with self.server.hashing(self._handshake_deadline, self.ip) as got_slot:
-            if not got_slot:
-                return Refusal(ErrorCode.RATE_LIMITED, "the server is busy; try again", 1.0)
-            try:
-                return self.server.off_thread(self._check_credentials, request)
-            except AuthchatError as e:
-                return Refusal(e.code, _public_message(e), names_an_account=_names_account(e))
-            except Exception:  # last resort: answer, and keep serving others
-                log.exception("%s from %s failed", type(request).__name__, self.ip)
-                return Refusal(ErrorCode.SERVER_ERROR, INTERNAL_ERROR)
+        Registrations in flight count against the address's hourly limit, or
+        a burst sent at once would all get through.
+        """
+        admission = self.host.admission
+        if isinstance(request, Register):
+            refusal = self._registration_refusal(request)
+            if refusal is not None:
+                return refusal
+            attempt = admission.registration_attempt(self.ip)
+            throttled = "too many registrations; try later"
+        else:
+            attempt = admission.login_attempt(self.ip, request.username)
+            throttled = "too many failed logins; try later"
+        return self._in_turn(attempt, throttled, "the server is busy; try again",
+                             self._handshake_deadline, lambda: self._check(request))
+
+    def _in_turn(self, attempt: AbstractContextManager[float], throttled: str, busy: str,
+                 deadline: float, work: Callable[[], T]) -> T | Refusal:
+        """Throttle, then hash: run `work` once `attempt` (a login or
+        registration throttle) lets it through and bcrypt has a turn for this
+        address by `deadline`; otherwise why not, with the message given."""
+        with attempt as wait:
+            if wait > 0:
+                return Refusal(ErrorCode.RATE_LIMITED, throttled, wait)
+            with self.host.admission.hashing(deadline, self.ip) as got_slot:
+                if not got_slot:
+                    return Refusal(ErrorCode.RATE_LIMITED, busy, BUSY_RETRY_S)
+                return work()
+
+    def _check(self, request: Login | Register) -> User | Refusal:
+        """Check the credentials on an auth thread; a failure as the client's refusal."""
+        try:
+            return self.host.off_thread(self._check_credentials, request)
+        except AuthchatError as e:
+            return Refusal(e.code, _public_message(e), names_an_account=_names_account(e))
+        except Exception:  # last resort: answer, and keep serving others
+            log.exception("%s from %s failed", type(request).__name__, self.ip)
+            return Refusal(ErrorCode.SERVER_ERROR, INTERNAL_ERROR)
 
     def _registration_refusal(self, request: Register) -> Refusal | None:
         """The refusals of a registration that the mode alone decides."""
-        mode = self.server.config.server.registration
+        mode = self.host.config.server.registration
         if mode == "closed" or (mode == "invite" and request.invite is None):
             return Refusal(ErrorCode.REGISTRATION_CLOSED,
                            "registration needs an invite" if mode == "invite"
                            else "registration is closed")
         return None
 
-    def _register_in_turn(self, request: Register) -> User | Refusal:
-        """A registration the address's hourly limit lets through, checked in turn;
-        those in flight count, or a burst sent at once would all get through."""
-        with self.server.registration_attempt(self.ip) as wait:
-            if wait > 0:
-                return Refusal(ErrorCode.RATE_LIMITED, "too many registrations; try later", wait)
-            return self._check_in_turn(request)
-
     def _check_credentials(self, request: Login | Register) -> User:
-        server, store = self.server, self.server.store
+        host, store = self.host, self.host.store
         try:
             if isinstance(request, Register):
-                invite = request.invite if server.config.server.registration == "invite" else None
+                invite = request.invite if host.config.server.registration == "invite" else None
                 user = store.create_user(request.username, request.password, actor="register",
                                          invite=invite)
-                server.registered(self.ip)
+                host.admission.registered(self.ip)
                 log.info("registered %s from %s", escape(user.username), self.ip)
                 return user
             user = store.authenticate(request.username, request.password)
         except AuthchatError as e:
             if isinstance(request, Login):
-                server.auth_failed(self.ip, request.username)
+                host.admission.auth_failed(self.ip, request.username)
             elif isinstance(e, RegistrationClosed):
                 # A bad invite is a guess too, but at the invite, not at the
                 # account it names: charged to the address alone, or anyone
                 # could spend an account's allowance through registrations,
                 # which no account throttle holds back.
-                server.auth_failed(self.ip, None)
+                host.admission.auth_failed(self.ip, None)
             elif isinstance(e, UsernameTaken):
-                server.registered(self.ip)  # probing for names spends the IP's registrations
+                # probing for names spends the address's registrations
+                host.admission.registered(self.ip)
             raise
-        server.auth_succeeded(self.ip, user.username)
+        host.admission.auth_succeeded(self.ip, user.username)
         log.info("login %s from %s", escape(user.username), self.ip)
         return user
 
@@ -449,7 +514,7 @@ class Connection:
         session = Session(self, user)
         self._end_sessions_of_a_former_holder(user)
         waiting = self._waiting_dms(user)
-        admitted = self.server.room.enter(
+        admitted = self.host.room.enter(
             session, lambda names: encode_event(
                 Welcome(user.username, user.role, tuple(names), self._welcome_re)),
             waiting_frames(waiting))
@@ -457,19 +522,19 @@ class Connection:
             self._given(waiting)
         self.protocol.authenticated()
         self.authenticated = True
-        self.server.mark_authenticated(self)
+        self.host.admission.mark_authenticated(self)
         if not admitted:
             self._fail(ErrorCode.TOO_MANY_SESSIONS, "too many sessions for this account")
             return
         self.session = session
-        self.server.writers.add(session)
+        self.host.writers.add(session)
         self._catch_up_with_the_account(session)
         try:
             self._read_loop(session)
         finally:
             self.reader_done.set()
             session.end(None, "", "disconnect")
-            self.server.room.leave(session, session.end_reason or "disconnect")
+            self.host.room.leave(session, session.end_reason or "disconnect")
             # The writer flushes, half-closes and lingers; close only after it
             # lets go of the socket, so its descriptor cannot be reused under it.
             if not session.finished.wait(EVICTION_GRACE_S + SEND_TIMEOUT_S + LINGER_S):
@@ -481,8 +546,7 @@ class Connection:
         """Sessions under this name that belong to another account belong to
         a deleted one (names are unique among accounts): end them before this
         one enters, so that nothing meant for either reaches the other."""
-        for member in self.server.room.sessions_of(user.username):
-            assert isinstance(member, Session)
+        for member in self.host.room.sessions_of(user.username):
             if member.account_id != user.id:
                 member.end_for_account_gone()
 
@@ -491,7 +555,7 @@ class Connection:
         may have passed a change by: one made between a login's check and its
         entering the room, or while this session was changing its password."""
         try:
-            current = self.server.off_thread(self.server.store.users_by_id,
+            current = self.host.off_thread(self.host.store.users_by_id,
                                              {session.account_id})
         except ShuttingDown:
             return  # the session ends anyway, told why
@@ -503,11 +567,11 @@ class Connection:
     def _waiting_dms(self, user: User) -> list[StoredMessage]:
         """DMs kept for this account; none if the database cannot say now (they
         stay kept, for the next login)."""
-        journal = self.server.journal
+        journal = self.host.journal
         if journal is None:
             return []
         try:
-            return self.server.off_thread(journal.waiting_for, user.id)
+            return self.host.off_thread(journal.waiting_for, user.id)
         except ShuttingDown:
             return []  # kept for the next login
         except AuthchatError as e:
@@ -517,9 +581,9 @@ class Connection:
     def _given(self, waiting: list[StoredMessage]) -> None:
         """Kept DMs are now in the session's queue: at most once from here on (a
         crash before they are sent loses them; if this fails, they come again)."""
-        assert self.server.journal is not None
+        assert self.host.journal is not None
         try:
-            self.server.off_thread(self.server.journal.log.mark_delivered,
+            self.host.off_thread(self.host.journal.log.mark_delivered,
                                    [m.id for m in waiting])
         except ShuttingDown:
             pass  # given again at the next login, as the docstring says
@@ -528,7 +592,7 @@ class Connection:
 
     def _read_loop(self, session: Session) -> None:
         assert self.transport is not None
-        limits = self.server.config.limits
+        limits = self.host.config.limits
         last_heard = time.monotonic()
         pinged = False
         self._handle_received(session)  # requests that came in the same read as the login
@@ -586,9 +650,9 @@ class Connection:
 
     def _say(self, session: Session, texts: list[str]) -> list[int]:
         """Store (with history on) and broadcast; the messages' ids."""
-        journal = self.server.journal
+        journal = self.host.journal
         if journal is None:
-            return self.server.room.say_many(session, texts)
+            return self.host.room.say_many(session, texts)
         return journal.say(session, texts)
 
     def _chat_event(self, session: Session, event: protocol.Event) -> None:
@@ -609,7 +673,7 @@ class Connection:
             session.reply(ErrorReply(ErrorCode.SERVER_ERROR, INTERNAL_ERROR, event.id))
 
     def _dispatch(self, session: Session, request: Request) -> None:
-        room = self.server.room
+        room = self.host.room
         if isinstance(request, Say):
             msg_id = self._say(session, [request.text])[0]
             if request.id is not None:
@@ -633,9 +697,9 @@ class Connection:
             self._moderate(session, request)
 
     def _direct(self, session: Session, request: Dm) -> None:
-        journal = self.server.journal
+        journal = self.host.journal
         if journal is None:  # no history: only someone online can be written to
-            dm_id = self.server.room.direct(session, request.to, request.text)
+            dm_id = self.host.room.direct(session, request.to, request.text)
             if dm_id is None:
                 raise NoSuchUser(f"{request.to[:64]} is not online")
             ok = Ok(request.id, message=dm_id)
@@ -647,14 +711,14 @@ class Connection:
 
     def _history(self, session: Session, request: History) -> HistoryPage:
         """A page of older messages: the room's, or the DMs with one person."""
-        journal = self.server.journal
+        journal = self.host.journal
         if journal is None:
             return HistoryPage((), False, request.id)
         if request.with_user is None:
-            page, more = self.server.off_thread(journal.log.room_page, request.before,
+            page, more = self.host.off_thread(journal.log.room_page, request.before,
                                                 request.limit)
         else:
-            page, more = self.server.off_thread(journal.log.dm_page, session.account_id,
+            page, more = self.host.off_thread(journal.log.dm_page, session.account_id,
                                                 request.with_user, request.before,
                                                 request.limit)
         return HistoryPage(tuple(history_event(m) for m in page), more, request.id)
@@ -662,32 +726,26 @@ class Connection:
     def _change_password(self, session: Session, request: Passwd) -> None:
         """A guess at the old password counts like a login's: a session left
         open somewhere must not be a way to guess the password faster."""
-        server = self.server
-        deadline = time.monotonic() + server.config.limits.handshake_timeout_s
-        with server.login_attempt(self.ip, session.username) as wait:
-            if wait > 0:
-                session.reply(ErrorReply(ErrorCode.RATE_LIMITED,
-                                             "too many failed attempts; try later",
-                                             request.id, wait))
-                return
-            with server.hashing(deadline, self.ip) as got_slot:
-                if not got_slot:
-                    session.reply(ErrorReply(ErrorCode.RATE_LIMITED, "the server is busy",
-                                                 request.id, 1.0))
-                    return
-                if not self._set_password_of(session, request):
-                    return
-        log.info("%s changed their password", escape(session.username))
-        session.reply(Ok(request.id))
+        deadline = time.monotonic() + self.host.config.limits.handshake_timeout_s
+        changed = self._in_turn(
+            self.host.admission.login_attempt(self.ip, session.username),
+            "too many failed attempts; try later", "the server is busy", deadline,
+            lambda: self._set_password_of(session, request))
+        if isinstance(changed, Refusal):
+            session.reply(ErrorReply(changed.code, changed.message, request.id,
+                                     changed.retry_after))
+        elif changed:
+            log.info("%s changed their password", escape(session.username))
+            session.reply(Ok(request.id))
 
     def _set_password_of(self, session: Session, request: Passwd) -> bool:
         """Make the change; False if the session has ended, its password changed
         elsewhere. Other failures are raised for the caller to answer."""
-        server = self.server
+        host = self.host
         session.password_version_changing_to = session.password_version + 1
         changed = False
         try:
-            user = server.off_thread(self._set_password, session, request)
+            user = host.off_thread(self._set_password, session, request)
             session.password_version = user.password_version
             changed = True
         except PasswordChanged:
@@ -703,22 +761,22 @@ class Connection:
         return True
 
     def _set_password(self, session: Session, request: Passwd) -> User:
-        server, store = self.server, self.server.store
+        host, store = self.host, self.host.store
         try:
             user = store.change_password(session.account_id, request.old, request.new,
                                          known_version=session.password_version,
                                          actor=f"user:{session.username}")
         except BadCredentials:
-            server.auth_failed(self.ip, session.username)
+            host.admission.auth_failed(self.ip, session.username)
             raise
-        server.auth_succeeded(self.ip, session.username)
+        host.admission.auth_succeeded(self.ip, session.username)
         return user
 
     def _moderate(self, session: Session, request: Kick | Ban) -> None:
-        server, store = self.server, self.server.store
+        host, store = self.host, self.host.store
         # the role as it is now, not at login
         try:
-            actor: User | None = server.off_thread(store.get_user_by_id, session.account_id)
+            actor: User | None = host.off_thread(store.get_user_by_id, session.account_id)
         except NoSuchUser:
             actor = None
         if actor is None or actor.role != "admin" or actor.disabled:
@@ -728,9 +786,9 @@ class Connection:
             session.reply(ErrorReply(ErrorCode.BAD_REQUEST, "you cannot do that to "
                                          "yourself", request.id))
             return
-        targets = server.room.sessions_of(request.username)
+        targets = host.room.sessions_of(request.username)
         if isinstance(request, Ban):
-            server.off_thread(lambda: store.set_disabled(request.username, True,
+            host.off_thread(lambda: store.set_disabled(request.username, True,
                                                          actor=f"user:{session.username}"))
         elif not targets:
             raise NoSuchUser(f"{request.username[:64]} is not online")
@@ -739,7 +797,6 @@ class Connection:
         # ok first: the target's leave must not overtake it in the admin's stream
         session.reply(Ok(request.id))
         for target in targets:
-            assert isinstance(target, Session)
             target.end(ErrorCode.KICKED, note, "kicked")
         log.info("%s %s %s (%s)", escape(session.username), verb, escape(request.username),
                  escape(request.reason))

@@ -28,13 +28,15 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Generic
 
 from . import protocol
 from .errors import AuthchatError, ErrorCode, NoSuchUser, StorageError
-from .room import Member, Room
+from .room import MemberT, Room
 from .sanitize import escape
 from .store import DatabaseError, Store
 from .store.messages import BatchItem, DirectMessage, MessageLog, RoomMessages, StoredMessage
+from .timestamps import timestamp
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +44,10 @@ MAX_BATCH = 2000  # messages in one transaction; the rest wait for the next
 
 
 @dataclass
-class _Entry:
+class _Entry(Generic[MemberT]):
     """One session's hand-in: a run of room messages, or one DM."""
 
-    sender: Member
+    sender: MemberT
     texts: list[str]
     to: str | None = None  # a DM's addressee, as typed
     done: threading.Event = field(default_factory=threading.Event)
@@ -60,14 +62,14 @@ class DirectResult:
     queued: bool  # the recipient had no session: it waits for their next login
 
 
-class Journal:
-    """Group commit of room messages and DMs, on one thread."""
+class Journal(Generic[MemberT]):
+    """Group commit of room messages and DMs, on one thread, for a room of MemberT."""
 
-    def __init__(self, store: Store, room: Room) -> None:
+    def __init__(self, store: Store, room: Room[MemberT]) -> None:
         self.store = store
         self.log = MessageLog(store)
         self.room = room
-        self._pending: deque[_Entry] = deque()
+        self._pending: deque[_Entry[MemberT]] = deque()
         self._lock = threading.Condition()
         self._stopping = False
 
@@ -90,7 +92,7 @@ class Journal:
 
     # -- for session threads ------------------------------------------------
 
-    def say(self, sender: Member, texts: list[str]) -> list[int]:
+    def say(self, sender: MemberT, texts: list[str]) -> list[int]:
         """Store and broadcast `texts`; returns their ids once they are out.
 
         Raises:
@@ -98,7 +100,7 @@ class Journal:
         """
         return self._wait(self._hand_in(_Entry(sender, texts))).ids
 
-    def direct(self, sender: Member, to: str, text: str) -> DirectResult:
+    def direct(self, sender: MemberT, to: str, text: str) -> DirectResult:
         """Store and send a DM; kept for its recipient if they have no session.
 
         Raises:
@@ -108,7 +110,7 @@ class Journal:
         entry = self._wait(self._hand_in(_Entry(sender, [text], to)))
         return DirectResult(entry.ids[0], entry.queued)
 
-    def _hand_in(self, entry: _Entry) -> _Entry:
+    def _hand_in(self, entry: _Entry[MemberT]) -> _Entry[MemberT]:
         with self._lock:
             if self._stopping:
                 raise ShuttingDown("the server is shutting down")
@@ -117,7 +119,7 @@ class Journal:
         return entry
 
     @staticmethod
-    def _wait(entry: _Entry) -> _Entry:
+    def _wait(entry: _Entry[MemberT]) -> _Entry[MemberT]:
         entry.done.wait()
         if entry.error is not None:
             raise entry.error
@@ -125,13 +127,13 @@ class Journal:
 
     # -- the journal thread ---------------------------------------------------
 
-    def _take(self) -> list[_Entry] | None:
+    def _take(self) -> list[_Entry[MemberT]] | None:
         with self._lock:
             while not self._pending:
                 if self._stopping:
                     return None
                 self._lock.wait()
-            batch: list[_Entry] = []
+            batch: list[_Entry[MemberT]] = []
             count = 0
             while self._pending and (not batch or count + len(self._pending[0].texts)
                                      <= MAX_BATCH):
@@ -140,10 +142,10 @@ class Journal:
                 count += len(entry.texts)
             return batch
 
-    def _commit(self, batch: list[_Entry]) -> None:
-        ts = protocol.timestamp()
+    def _commit(self, batch: list[_Entry[MemberT]]) -> None:
+        ts = timestamp()
         stored: list[BatchItem] = []
-        live: list[_Entry] = []
+        live: list[_Entry[MemberT]] = []
         for entry in batch:
             try:
                 stored.append(self._to_store(entry))
@@ -163,7 +165,7 @@ class Journal:
             position += len(entry.texts)
         self._publish(live, ts)
 
-    def _to_store(self, entry: _Entry) -> BatchItem:
+    def _to_store(self, entry: _Entry[MemberT]) -> BatchItem:
         sender = entry.sender
         if entry.to is None:
             return RoomMessages(sender.username, entry.texts)
@@ -181,7 +183,7 @@ class Journal:
             raise NoSuchUser(f"there is no user {name[:64]}")
         return user.username, user.id
 
-    def _publish(self, entries: list[_Entry], ts: str) -> None:
+    def _publish(self, entries: list[_Entry[MemberT]], ts: str) -> None:
         """Give stored entries to the room in id order, a run of room messages
         in one go and each DM on its own, and tell their senders."""
         for is_room, run in itertools.groupby(entries, key=lambda e: e.to is None):
@@ -194,7 +196,7 @@ class Journal:
             for entry in published:
                 self._finish(entry)
 
-    def _send_direct(self, entry: _Entry, ts: str) -> None:
+    def _send_direct(self, entry: _Entry[MemberT], ts: str) -> None:
         assert entry.to is not None
         msg_id, text = entry.ids[0], entry.texts[0]
         frame = protocol.encode_event(protocol.DirectMessage(
@@ -212,7 +214,7 @@ class Journal:
                           escape(entry.to), e)
 
     @staticmethod
-    def _finish(entry: _Entry, error: AuthchatError | None = None) -> None:
+    def _finish(entry: _Entry[MemberT], error: AuthchatError | None = None) -> None:
         entry.error = error
         entry.done.set()
 

@@ -3,7 +3,7 @@ and the round-robin line that hands out bcrypt's turns.
 
 Every method takes the current time (`now`, seconds from a monotonic clock)
 instead of reading a clock, so each rule can be tested without waiting. None
-of these classes lock: the server calls them under its own lock. Every table
+of these classes lock: admission.py calls them under its own lock. Every table
 keyed by IP address or account is capped (least recently used entries go), so
 an attacker with many addresses cannot grow memory without bound.
 """

@@ -22,9 +22,10 @@ import itertools
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from . import protocol
+from .timestamps import timestamp
 
 BLOCK_FRAMES = 256
 
@@ -46,6 +47,11 @@ class Member(Protocol):
 
     def deliver(self, data: bytes) -> None:
         """Queue bytes for this session alone; must not block or call back into the room."""
+
+
+# The room hands back the members it was given, as their own type: the server
+# gets its sessions back from `members()` without downcasting them.
+MemberT = TypeVar("MemberT", bound=Member)
 
 
 class _Block:
@@ -213,8 +219,8 @@ class Outbox:
         self._cursor = block, index
 
 
-class Room:
-    """The one room every authenticated session is in."""
+class Room(Generic[MemberT]):
+    """The one room every authenticated session is in, of members of one type."""
 
     def __init__(self, max_sessions_per_user: int,
                  on_broadcast: Callable[[], None] = lambda: None, history_on_join: int = 0) -> None:
@@ -222,7 +228,7 @@ class Room:
         self.on_broadcast = on_broadcast  # tells the writers the feed has grown
         self.feed = Feed()
         self._lock = threading.Lock()
-        self._members: dict[str, list[Member]] = {}  # lower-cased name -> sessions
+        self._members: dict[str, list[MemberT]] = {}  # lower-cased name -> sessions
         self._last_id = 0
         # The newest room messages, (id, sender, text, ts), for a session that
         # enters: kept here, under the lock that orders the feed, so that what
@@ -238,7 +244,7 @@ class Room:
             if messages:
                 self._last_id = max(self._last_id, messages[-1][0])
 
-    def enter(self, member: Member, welcome: Callable[[list[str]], bytes],
+    def enter(self, member: MemberT, welcome: Callable[[list[str]], bytes],
               waiting: list[bytes] | None = None) -> bool:
         """Admit a session: it gets `welcome(online names)` first, then the
         recent room messages marked as history, then `waiting` (DMs kept for
@@ -269,7 +275,7 @@ class Room:
                 member.deliver(data)
             return True
 
-    def leave(self, member: Member, reason: str) -> bool:
+    def leave(self, member: MemberT, reason: str) -> bool:
         """Remove a session; the room hears `leave` when an account's last one goes."""
         key = member.username.lower()
         with self._lock:
@@ -283,17 +289,17 @@ class Room:
                     self._broadcast(protocol.encode_event(protocol.Leave(member.username, reason)))
             return True
 
-    def say(self, sender: Member, text: str) -> int:
+    def say(self, sender: MemberT, text: str) -> int:
         """Broadcast a message to every session, the sender's included; returns its id."""
         return self.say_many(sender, [text])[0]
 
-    def say_many(self, sender: Member, texts: list[str]) -> list[int]:
+    def say_many(self, sender: MemberT, texts: list[str]) -> list[int]:
         """Broadcast messages in order, numbered by the room; returns their ids.
 
         For a server keeping no history; the journal numbers stored messages
         and gives them to say_stored.
         """
-        ts = protocol.timestamp()
+        ts = timestamp()
         templates = _templates(sender.username, texts, ts)
         with self._lock:
             first = self._last_id + 1
@@ -301,7 +307,7 @@ class Room:
         self.on_broadcast()
         return list(range(first, first + len(texts)))
 
-    def say_stored(self, runs: Sequence[tuple[Member, list[str], int]], ts: str) -> None:
+    def say_stored(self, runs: Sequence[tuple[MemberT, list[str], int]], ts: str) -> None:
         """Broadcast stored messages: runs of (sender, texts, id of the first),
         in id order, all with the time `ts`; one lock and one wake-up for all.
 
@@ -330,7 +336,7 @@ class Room:
             sessions = self._members.get(username.lower())
             return (sessions[-1].username, sessions[-1].account_id) if sessions else None
 
-    def direct(self, sender: Member, to: str, text: str, msg_id: int | None = None,
+    def direct(self, sender: MemberT, to: str, text: str, msg_id: int | None = None,
                ts: str | None = None) -> int | None:
         """Send a DM to all of `to`'s sessions and the sender's; None if `to` is offline.
 
@@ -343,7 +349,7 @@ class Room:
                 return None
             msg_id = self._next_id() if msg_id is None else msg_id
             data = protocol.encode_event(protocol.DirectMessage(
-                msg_id, sender.username, targets[0].username, text, ts or protocol.timestamp()))
+                msg_id, sender.username, targets[0].username, text, ts or timestamp()))
             receivers = targets + [s for s in self._members.get(sender.username.lower(), [])
                                    if s not in targets]
             for session in receivers:
@@ -362,17 +368,13 @@ class Room:
                     for sessions in sorted(self._members.values(),
                                            key=lambda s: s[0].username.lower())]
 
-    def sessions_of(self, username: str) -> list[Member]:
+    def sessions_of(self, username: str) -> list[MemberT]:
         with self._lock:
             return list(self._members.get(username.lower(), []))
 
-    def members(self) -> list[Member]:
+    def members(self) -> list[MemberT]:
         with self._lock:
             return [s for sessions in self._members.values() for s in sessions]
-
-    def usernames(self) -> list[str]:
-        with self._lock:
-            return self._usernames()
 
     def _usernames(self) -> list[str]:
         return sorted((s[0].username for s in self._members.values()), key=str.lower)

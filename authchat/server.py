@@ -1,7 +1,8 @@
 """The chat server: listener, admission, housekeeping, shutdown.
 
 Methods for the caller: `Server(config, store)`, `start()`, `address`,
-`shutdown()`. The rest is for connection.py.
+`shutdown()`. Connections see the server only as connection.py's `Host`;
+who may come in and what they may try is admission.py's.
 
 Threads:
   - the accept loop, which only counts and admits: TLS handshakes and any
@@ -26,32 +27,29 @@ for its worker. The server holds no SQL: the Store does.
 
 from __future__ import annotations
 
+import errno
 import logging
-import os
 import resource
 import selectors
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import CancelledError, ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 from . import protocol
+from .admission import Admission, Refusal
 from .config import Config
-from .connection import LINGER_S, SEND_TIMEOUT_S, TLS_HANDSHAKE_MAX_S, Connection, Refusal, \
-    Session
-from .errors import CannotListen, ConfigError, ErrorCode, ShuttingDown
+from .connection import Connection, Session
+from .errors import CannotListen, ConfigError, ShuttingDown
 from .journal import Journal
-from .limits import DAY_S, ConnectionCounter, KeyedRate, LoginThrottle, WindowLimit, ip_key
 from .memory import release_free_memory
 from .room import Room
-from .slots import FairSlots
 from .store import Store
 from .tls import server_context
-from .transport import TLSTransport, is_loopback
+from .transport import LINGER_S, SEND_TIMEOUT_S, TLS_HANDSHAKE_MAX_S, TLSTransport, is_loopback
 from .writers import WriterPool
 
 log = logging.getLogger(__name__)
@@ -65,7 +63,21 @@ ACCEPT_POLL_S = 0.5
 ACCEPT_BACKOFF_S = 0.1
 WRITER_THREADS = 2             # 1 measured no better at 10 clients: docs/benchmarks.md
 REFUSAL_THREADS = 16           # TLS refusals in flight at once; past that, just close
-HASH_QUEUE_PER_SLOT = 4        # bcrypt waiters allowed per concurrent hash
+# accept() errors that mean the process or the machine is out of a resource:
+# they pass as connections close, so the loop backs off and tries again
+# (trio's ACCEPT_CAPACITY_ERRNOS).
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+# accept() errors that belong to the one connection it was taking: Linux
+# passes a new socket's pending network error on from accept() (see
+# accept(2)), and a firewall may refuse it. That connection is gone; the next
+# is served at once. The list is trio's SocketListener's; some are not on
+# every platform.
+ACCEPT_PER_CONNECTION_ERRNOS = frozenset(
+    getattr(errno, name) for name in (
+        "EPERM", "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
+        "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "ENOSR", "ESOCKTNOSUPPORT",
+        "EPROTONOSUPPORT", "ETIMEDOUT", "ECONNRESET")
+    if hasattr(errno, name))
 
 
 class Server:
@@ -75,10 +87,11 @@ class Server:
         self.config = config
         self.store = store
         history = config.history
-        self.room = Room(config.limits.max_sessions_per_user,
-                         history_on_join=history.on_join if history.enabled else 0)
+        self.room: Room[Session] = Room(config.limits.max_sessions_per_user,
+                                        history_on_join=history.on_join if history.enabled else 0)
         # With history on, every message is stored before the room sees it.
-        self.journal = Journal(store, self.room) if history.enabled else None
+        self.journal: Journal[Session] | None = \
+            Journal(store, self.room) if history.enabled else None
         self.writers = WriterPool(self.room.feed, WRITER_THREADS, SEND_TIMEOUT_S, LINGER_S)
         self.room.on_broadcast = self.writers.wake_all
         self.ready = threading.Event()
@@ -87,28 +100,14 @@ class Server:
         self.fingerprint: str | None = None
         self._listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()  # guards the counters, throttles and _connections
-        self._connections: set[Connection] = set()
-        self._counter = ConnectionCounter()
-        # Connections not logged in yet, oldest first (dicts keep insertion
-        # order), and how many there are from each address.
-        self._pre_login: dict[Connection, None] = {}
-        self._pre_login_counter = ConnectionCounter()
-        limits = config.limits
-        self._connect_rate = KeyedRate(limits.connections_per_ip_per_minute)
-        self._throttle = LoginThrottle(limits.failed_logins_per_ip_per_minute,
-                                       limits.failed_logins_per_account,
-                                       limits.failed_logins_per_account_per_hour,
-                                       limits.remember_logins_days * DAY_S)
-        self._registrations = WindowLimit(limits.registrations_per_ip_per_hour, 3600.0)
-        slots = config.auth.max_concurrent_hashes or os.cpu_count() or 1
-        self._hash_slots = FairSlots(slots, slots * HASH_QUEUE_PER_SLOT,
-                                     config.auth.max_hashes_per_ip)
+        self._lock = threading.Lock()  # guards _threads
+        self.admission: Admission[Connection] = Admission(config.limits, config.auth)
         # bcrypt and SQLite run deep in the C stack; a resident page of stack
         # stays resident, so they run here, on a few threads, and the
         # thousands of connection threads keep shallow stacks (see
         # docs/benchmarks.md, connections).
-        self._off_thread = ThreadPoolExecutor(slots, thread_name_prefix="auth")
+        self._off_thread = ThreadPoolExecutor(self.admission.hash_slots,
+                                              thread_name_prefix="auth")
         self._refusals = threading.BoundedSemaphore(REFUSAL_THREADS)
 
     # -- lifecycle --------------------------------------------------------
@@ -162,17 +161,13 @@ class Server:
         self.room.closing = True
         self.writers.stop()  # they end once every session is finished
         self._off_thread.shutdown(wait=False, cancel_futures=True)
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:
+        for conn in self.admission.connections():
             conn.stop_for_shutdown()
         if self.journal is not None:
             self.journal.stop()  # what was handed in is still stored and sent
         started = time.monotonic()
         self._join_threads(started + timeout / 2)
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:  # stragglers that would not flush: cut them off
+        for conn in self.admission.connections():  # stragglers that would not flush: cut them off
             conn.transport_shutdown()
         self._join_threads(started + timeout)
         if self._listener is not None:
@@ -213,13 +208,12 @@ class Server:
             sock, address = self._listener.accept()
         except BlockingIOError:
             return
-        except OSError as e:  # EMFILE and friends: shed load, never spin or die
-            log.error("accept failed: %s", e)
-            time.sleep(ACCEPT_BACKOFF_S)
+        except OSError as e:
+            _accept_failed(e)
             return
         ip = address[0]
         conn = Connection(self, sock, ip)
-        refusal = self._admit(conn)
+        refusal = self.admission.admit(conn)
         if refusal is not None:
             log.info("refused connection from %s: %s", ip, refusal.code)
             self._refuse(sock, refusal)
@@ -228,63 +222,8 @@ class Server:
             self.spawn(conn.run, f"conn-{ip}-{address[1]}")
         except RuntimeError as e:  # can't start new thread
             log.error("cannot start a connection thread: %s", e)
-            self.release(conn)
+            self.admission.release(conn)
             sock.close()
-
-    def _admit(self, conn: Connection) -> Refusal | None:
-        """Count a new connection in, or say why not. A full pre-login pool
-        makes room by evicting its oldest member instead of refusing: idle
-        connections from a few addresses must not keep everyone else out."""
-        key = ip_key(conn.ip)
-        with self._lock:
-            refusal = self._refusal(key, time.monotonic())
-            if refusal is None and \
-                    self._pre_login_counter.total >= self.config.limits.max_unauthenticated:
-                refusal = self._evict_oldest_pre_login()
-            if refusal is not None:
-                return refusal
-            self._counter.add(key)
-            self._pre_login_counter.add(key)
-            self._pre_login[conn] = None
-        return None
-
-    def _refusal(self, key: str, now: float) -> Refusal | None:
-        """Why a new connection from `key` may not come in; with the lock held.
-        Every attempt counts against the address's connection rate."""
-        limits = self.config.limits
-        wait = self._throttle.wait_for(key, None, now)
-        if wait > 0:
-            return Refusal(ErrorCode.RATE_LIMITED, "too many failed logins; try later", wait)
-        wait = self._connect_rate.take(key, now)
-        if wait > 0:
-            return Refusal(ErrorCode.RATE_LIMITED, "too many new connections; try later", wait)
-        if self._counter.total >= limits.max_clients:
-            return Refusal(ErrorCode.TOO_MANY_CONNECTIONS, "the server is full")
-        if self._counter.count(key) >= limits.max_connections_per_ip:
-            return Refusal(ErrorCode.TOO_MANY_CONNECTIONS, "too many connections from your address")
-        if self._pre_login_counter.count(key) >= limits.max_unauthenticated_per_ip:
-            return Refusal(ErrorCode.TOO_MANY_CONNECTIONS,
-                           "too many connections from your address not logged in yet")
-        return None
-
-    def _evict_oldest_pre_login(self) -> Refusal | None:
-        """Make room in the pre-login pool; with the lock held. A connection
-        whose login is being checked is passed over: it is about to leave the
-        pool anyway, and evicting it would waste its hash."""
-        for conn in self._pre_login:
-            if not conn.checking:
-                log.info("evicting a connection from %s that has not logged in, to make room",
-                         conn.ip)
-                self._leave_pre_login(conn)
-                conn.evict()
-                return None
-        return Refusal(ErrorCode.TOO_MANY_CONNECTIONS, "the server is full")
-
-    def _leave_pre_login(self, conn: Connection) -> None:
-        """Take `conn` out of the pre-login pool if it is there; with the lock held."""
-        if conn in self._pre_login:
-            del self._pre_login[conn]
-            self._pre_login_counter.remove(ip_key(conn.ip))
 
     def _refuse(self, sock: socket.socket, refusal: Refusal) -> None:
         frame = protocol.encode_event(protocol.ErrorReply(
@@ -316,73 +255,7 @@ class Server:
             transport.close()
             self._refusals.release()
 
-    # -- bookkeeping used by connections ----------------------------------------
-
-    def track(self, conn: Connection) -> None:
-        with self._lock:
-            self._connections.add(conn)
-
-    def start_checking(self, conn: Connection) -> bool:
-        """`conn`'s login or registration is about to be checked: until it
-        fails (`stop_checking`) or logs in, it is not evicted. False if it
-        has been already."""
-        with self._lock:
-            conn.checking = not conn.evicted
-            return conn.checking
-
-    def stop_checking(self, conn: Connection) -> None:
-        with self._lock:
-            conn.checking = False
-
-    def mark_authenticated(self, conn: Connection) -> None:
-        with self._lock:
-            self._leave_pre_login(conn)
-
-    def release(self, conn: Connection) -> None:
-        with self._lock:
-            self._connections.discard(conn)
-            self._counter.remove(ip_key(conn.ip))
-            self._leave_pre_login(conn)
-
-    @contextmanager
-    def login_attempt(self, ip: str, username: str) -> Iterator[float]:
-        """`with server.login_attempt(ip, name) as wait:` seconds to wait first;
-        at 0.0 the guess counts as in flight until the block ends, by which
-        time `auth_failed` or `auth_succeeded` has recorded its outcome."""
-        with self._lock:
-            wait = self._throttle.begin(ip_key(ip), username, time.monotonic())
-        try:
-            yield wait
-        finally:
-            if wait <= 0.0:
-                with self._lock:
-                    self._throttle.end(ip_key(ip), username, time.monotonic())
-
-    def auth_failed(self, ip: str, username: str | None) -> None:
-        with self._lock:
-            self._throttle.failure(ip_key(ip), username, time.monotonic())
-
-    def auth_succeeded(self, ip: str, username: str) -> None:
-        with self._lock:
-            self._throttle.success(ip_key(ip), username, time.monotonic())
-
-    @contextmanager
-    def registration_attempt(self, ip: str) -> Iterator[float]:
-        """`with server.registration_attempt(ip) as wait:` as login_attempt: at
-        0.0 the registration counts against the address until the block ends,
-        by which time `registered` has recorded it if it should count."""
-        with self._lock:
-            wait = self._registrations.begin(ip_key(ip), time.monotonic())
-        try:
-            yield wait
-        finally:
-            if wait <= 0.0:
-                with self._lock:
-                    self._registrations.end(ip_key(ip))
-
-    def registered(self, ip: str) -> None:
-        with self._lock:
-            self._registrations.record(ip_key(ip), time.monotonic())
+    # -- what connections use of the server (connection.Host) ---------------------
 
     def off_thread(self, work: Callable[..., T], *args: Any) -> T:
         """Run `work` on one of a few worker threads and wait for its result.
@@ -405,29 +278,8 @@ class Server:
         except CancelledError:
             raise ShuttingDown() from None
 
-    def hashing(self, deadline: float, ip: str) -> AbstractContextManager[bool]:
-        """`with server.hashing(deadline, ip) as ok:` a turn at bcrypt for the
-        address, or False at once (it has its share waiting, or the line is
-        full) or at the deadline."""
-        return self._hash_slots.turn(ip_key(ip), deadline)
-
-    def sessions_full_here(self, ip: str, username: str) -> bool:
-        """Whether the account has its maximum of sessions, one of them from
-        this address: a login from there would be refused after its hash.
-
-        Said to that address alone, which already knows the account is in
-        use; anyone else learns only after the password is checked, so it
-        tells no stranger that the account exists.
-        """
-        sessions = self.room.sessions_of(username)
-        if len(sessions) < self.room.max_sessions_per_user:
-            return False
-        key = ip_key(ip)
-        return any(isinstance(s, Session) and ip_key(s.connection.ip) == key for s in sessions)
-
     def connection_count(self) -> int:
-        with self._lock:
-            return self._counter.total
+        return self.admission.connection_count()
 
     # -- housekeeping -------------------------------------------------------
 
@@ -466,18 +318,30 @@ class Server:
         deleted account loses them all, a changed password all but the one
         that changed it, a new role applies at once."""
         members = self.room.members()
-        current = self.store.users_by_id({m.account_id for m in members
-                                          if isinstance(m, Session)})
+        current = self.store.users_by_id({m.account_id for m in members})
         for member in members:
-            assert isinstance(member, Session)
             member.follow_account(current.get(member.account_id))
 
     def _force_overdue_closes(self) -> None:
         now = time.monotonic()
         for member in self.room.members():
-            assert isinstance(member, Session)
             if member.close_by is not None and now > member.close_by:
                 member.connection.transport_shutdown()
+
+
+def _accept_failed(error: OSError) -> None:
+    """Keep the accept loop serving whatever accept() raised: never spin, never die."""
+    if error.errno in ACCEPT_CAPACITY_ERRNOS:  # shed load until connections close
+        log.error("accept failed: %s", error)
+        time.sleep(ACCEPT_BACKOFF_S)
+    elif error.errno in ACCEPT_PER_CONNECTION_ERRNOS:
+        log.debug("a connection failed as it was accepted: %s", error)
+    else:
+        # Our bug or the listener's: said in full. It may well come back at
+        # once, so back off as for capacity rather than spin on it.
+        log.error("accept failed unexpectedly; retrying in %g s", ACCEPT_BACKOFF_S,
+                  exc_info=error)
+        time.sleep(ACCEPT_BACKOFF_S)
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -15,7 +15,8 @@ the wire; after `go_async` only the writer sends, and records the reader makes
 
 Reads wait with poll() against a deadline of their own, so the socket's
 timeout is left to bound writes: a client that stops reading cannot hold a
-writer forever.
+writer forever. How long either side waits to send, hand-shake and linger is
+set here, once, for both.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ import time
 from collections.abc import Callable
 
 RECV_BYTES = 65536
+# How long a transport waits, on either side of a connection:
+SEND_TIMEOUT_S = 30.0       # for a peer to take any of what is sent: past it, cut off
+TLS_HANDSHAKE_MAX_S = 5.0   # for a server-side TLS handshake, inside any deadline of its own
+LINGER_S = 1.0              # for the peer to hang up once we have half-closed
 
 
 def is_loopback(host: str) -> bool:

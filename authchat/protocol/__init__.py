@@ -19,13 +19,15 @@ error code, never as an exception, so the server has one loop.
 server that does not speak this protocol (there is nothing to answer it).
 
 Rule 1: nothing here does I/O, reads a clock (but `timestamp`, the format's
-own helper) or touches the store; the server and the clients own those.
+own helper, which timestamps.py owns and this package re-exports) or touches
+the store; the server and the clients own those.
 Rule 2: every request that reaches the server, and every event that reaches
 a client, has passed validation here, so neither re-checks field types.
 
 This package imports no socket, ssl, threading, sqlite3, bcrypt or click.
 """
 
+from ..timestamps import timestamp  # re-exported: the form every `ts` field carries
 from .events import (
     PROTOCOL_VERSION,
     DirectMessage,
@@ -49,7 +51,6 @@ from .events import (
     from_history,
     message_template,
     parse_event,
-    timestamp,
 )
 from .framing import (
     DEFAULT_MAX_FRAME_BYTES,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import TypeVar
 
 from ..errors import ErrorCode
@@ -25,12 +24,6 @@ from .requests import RequestId
 PROTOCOL_VERSION = 1
 
 T = TypeVar("T")
-
-
-def timestamp(moment: datetime | None = None) -> str:
-    """ISO-8601 UTC with milliseconds, as every `ts` field carries it."""
-    moment = moment or datetime.now(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _with_re(frame: Frame, re_: RequestId) -> Frame:

@@ -50,6 +50,7 @@ from ..errors import (
     UsernameTaken,
 )
 from ..passwords import PasswordHasher, PasswordPolicy
+from ..timestamps import to_seconds, utc_now
 from ..usernames import skeleton, validate_username
 from . import schema, sqlite
 from .schema import Migration
@@ -63,10 +64,6 @@ BUSY_TIMEOUT_MS = 5000
 BUSY_RETRIES = 3
 SQLITE_WAL_RESET_FIXED = (3, 51, 3)
 ROLES = ("user", "admin")
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -269,7 +266,7 @@ class Store:
                     (username, password_hash, role, now, now, shape))
             except sqlite.IntegrityError:
                 raise UsernameTaken() from None
-            _audit(conn, actor, "user.create", username, {"role": role, **detail})
+            audit(conn, actor, "user.create", username, {"role": role, **detail})
             return self._user_by_id(conn, cursor.lastrowid)
 
     def authenticate(self, username: str, password: str) -> User:
@@ -394,7 +391,7 @@ class Store:
                 (password_hash, utc_now(), user_id, known_version))
             if cursor.rowcount == 0:
                 raise PasswordChanged()
-            _audit(conn, actor, "user.passwd", row["username"], {})
+            audit(conn, actor, "user.passwd", row["username"], {})
             return self._user_by_id(conn, user_id)
 
     def set_password(self, username: str, password: str, *, actor: str) -> User:
@@ -407,7 +404,7 @@ class Store:
             conn.execute("UPDATE users SET password_hash = ?, password_version = "
                          "password_version + 1, updated_at = ? WHERE id = ?",
                          (password_hash, utc_now(), before.id))
-            _audit(conn, actor, "user.passwd", before.username, {})
+            audit(conn, actor, "user.passwd", before.username, {})
             return self._user_by_id(conn, before.id)
 
     def set_role(self, username: str, role: str, *, actor: str) -> User:
@@ -427,7 +424,7 @@ class Store:
             conn.execute("DELETE FROM users WHERE id = ?", (user.id,))
             dropped = conn.execute("DELETE FROM direct_messages WHERE recipient_id = ? "
                                    "AND delivered = 0", (user.id,)).rowcount
-            _audit(conn, actor, "user.delete", user.username,
+            audit(conn, actor, "user.delete", user.username,
                    {"role": user.role, **({"waiting_dms_dropped": dropped} if dropped else {})})
         return user
 
@@ -442,7 +439,7 @@ class Store:
                 f"({' AND '.join(f'{column} IS ?' for column in changes)})",
                 (*changes.values(), utc_now(), before.id, *changes.values()))
             if cursor.rowcount:
-                _audit(conn, actor, action, before.username, detail)
+                audit(conn, actor, action, before.username, detail)
             return self._user_by_id(conn, before.id)
 
     def _user_by_name(self, conn: sqlite.Connection, username: str) -> User:
@@ -468,14 +465,14 @@ class Store:
             raise ValueError("uses must be at least 1")
         token = secrets.token_urlsafe(24)
         created = datetime.now(UTC)
-        expires = _iso(created + expires_in) if expires_in is not None else None
+        expires = to_seconds(created + expires_in) if expires_in is not None else None
         with self.transaction() as conn:
             cursor = conn.execute(
                 "INSERT INTO invites (token_hash, role, max_uses, expires_at, created_at,"
                 " created_by) VALUES (?, ?, ?, ?, ?, ?)",
-                (_token_hash(token), role, uses, expires, _iso(created), actor))
+                (_token_hash(token), role, uses, expires, to_seconds(created), actor))
             invite_id = cursor.lastrowid
-            _audit(conn, actor, "invite.create", f"invite:{invite_id}",
+            audit(conn, actor, "invite.create", f"invite:{invite_id}",
                    {"role": role, "uses": uses, "expires_at": expires})
             row = conn.execute(f"SELECT {_INVITE_COLUMNS} FROM invites WHERE id = ?",
                                (invite_id,)).one()
@@ -493,7 +490,7 @@ class Store:
                 if conn.execute("SELECT 1 FROM invites WHERE id = ?", (invite_id,)).fetchone():
                     return  # already revoked: nothing changes, nothing to audit
                 raise NoSuchInvite(f"no such invite: {invite_id}")
-            _audit(conn, actor, "invite.revoke", f"invite:{invite_id}", {})
+            audit(conn, actor, "invite.revoke", f"invite:{invite_id}", {})
 
     # -- audit log --------------------------------------------------------
 
@@ -520,10 +517,6 @@ def _user(row: sqlite.Row) -> User:
 def _check_role(role: str) -> None:
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
-
-
-def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _token_hash(token: str) -> str:
@@ -568,8 +561,11 @@ def _redeem_invite(conn: sqlite.Connection, token: str, now: str) -> tuple[int, 
     return row["id"], row["role"]
 
 
-def _audit(conn: sqlite.Connection, actor: str, action: str, target: str,
-           detail: dict[str, Any]) -> None:
+def audit(conn: sqlite.Connection, actor: str, action: str, target: str,
+          detail: dict[str, Any]) -> None:
+    """Write one audit row in the caller's transaction (`Store.transaction`),
+    so that the change it records and the row commit together, or neither.
+    For every module of the store; the log is read with `Store.audit_entries`."""
     conn.execute("INSERT INTO audit_log (ts, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
                  (utc_now(), actor, action, target, json.dumps(detail, sort_keys=True)))
 

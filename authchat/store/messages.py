@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, cast
 
-from ..protocol import timestamp  # the form messages carry: text order is time order
-from . import Store, _audit
+from ..timestamps import timestamp  # the form messages carry: text order is time order
+from . import Store, audit
 from .sqlite import Connection, Row
 
 MAX_PAGE = 200
@@ -191,8 +191,8 @@ class MessageLog:
             conn.execute("DELETE FROM room_batches WHERE ts < ?", (ts,))
             dms = conn.execute("DELETE FROM direct_messages WHERE ts < ?", (ts,)).rowcount
             deleted = int(room) + dms
-            _audit(conn, actor, "history.purge", "messages",
-                   {"before": ts, "deleted": deleted})
+            audit(conn, actor, "history.purge", "messages",
+                  {"before": ts, "deleted": deleted})
         return deleted
 
     def prune(self, *, keep_days: float, max_messages: int, now: datetime | None = None,
