@@ -44,13 +44,11 @@ from ..tls import (
     same_fingerprint,
     self_signed_problem,
 )
-from ..transport import PlainTransport, TLSTransport, TransportClosed, is_loopback
+from ..transport import SEND_TIMEOUT_S, PlainTransport, TLSTransport, TransportClosed, is_loopback
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
-SEND_TIMEOUT_S = 30.0
-MAX_FRAME_BYTES = 1024 * 1024  # the server's frames are small; this only bounds a rogue one
 SILENCE_S = 75.0
 
 # What a person reads for each error code the server may send.
@@ -134,7 +132,7 @@ class Link:
     def __init__(self, transport: PlainTransport, fingerprint: str | None) -> None:
         self.transport = transport
         self.fingerprint = fingerprint
-        self._protocol = ClientProtocol(MAX_FRAME_BYTES)
+        self._protocol = ClientProtocol()  # its bound on a server's line: a rogue one's
         self._hello: Hello | None = None
 
     @property
