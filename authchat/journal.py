@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Generic
 
 from . import protocol
-from .errors import AuthchatError, ErrorCode, NoSuchUser, StorageError
+from .errors import AuthchatError, NoSuchUser, ShuttingDown, StorageError
 from .room import MemberT, Room
 from .sanitize import escape
 from .store import DatabaseError, Store
@@ -229,12 +229,6 @@ class Journal(Generic[MemberT]):
 
     def waiting_for(self, account_id: int) -> list[StoredMessage]:
         return self.log.waiting_for(account_id)
-
-
-class ShuttingDown(AuthchatError):
-    """The server is shutting down: nothing more is stored."""
-
-    code = ErrorCode.SERVER_SHUTDOWN
 
 
 def history_event(message: StoredMessage) -> protocol.Said:
