@@ -16,7 +16,17 @@ import pytest
 from authchat.client import Chat, ClientError, ClientOptions, Notice, ServerError, \
     TrustError, describe_error, open_link
 from authchat.errors import InvalidPassword
-from authchat.protocol import ErrorReply, Message, Ok, Passwd, Say, Who, WhoList, parse_event
+from authchat.protocol import (
+    ErrorReply,
+    Message,
+    Ok,
+    Passwd,
+    Say,
+    UnknownEvent,
+    Who,
+    WhoList,
+    parse_event,
+)
 from authchat.tls import CERT_FILENAME, KnownServers
 
 from conftest import GOOD_PASSWORD, cli_env
@@ -827,6 +837,27 @@ def test_a_new_password_that_breaks_the_rules_is_not_sent(servers: Any, tmp_path
             chat.change_password(GOOD_PASSWORD, "sixteen chars ok")
         assert not any(e.action == "user.passwd" for e in server.store.audit_entries(50))
         assert server.store.authenticate("alice", GOOD_PASSWORD)
+    finally:
+        chat.close()
+
+
+def test_a_reply_of_a_type_this_client_does_not_know_still_answers_its_request(
+        tmp_path: Path) -> None:
+    scripted = ScriptedServer()
+    chat, _ = alice_chat(tmp_path, scripted.port)
+    try:
+        starting = threading.Thread(target=chat.start)
+        starting.start()
+        scripted.let_in()
+        starting.join(10)
+        answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        asking = threading.Thread(target=lambda: answers.put(chat.request(Who(None))))
+        asking.start()
+        request = scripted.recv() or {}
+        scripted.send({"type": "who_v2", "people": ["alice"], "re": request.get("id")})
+        asking.join(10)
+        reply = answers.get(timeout=10)
+        assert isinstance(reply, UnknownEvent) and reply.kind == "who_v2"
     finally:
         chat.close()
 

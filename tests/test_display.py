@@ -126,6 +126,24 @@ def test_json_output_escapes_what_a_terminal_would_act_on() -> None:
     assert json.loads(out.getvalue()) == frame and "\\u202e" in out.getvalue()
 
 
+def test_json_output_is_the_frame_as_the_server_sent_it() -> None:
+    """Fields this client does not know, and ones the server left out, are
+    printed as they came: a script may know a newer server better than we do."""
+    frames = [
+        {"type": "message", "id": 3, "from": "bob", "text": "hi", "ts": "2026-11-24T10:00:00Z",
+         "edited": True},
+        {"type": "error", "code": "rate_limited", "retry_after": 5},
+        {"type": "leave", "username": "bob"},
+        {"type": "typing", "username": "bob"},
+    ]
+    out = io.StringIO()
+    printer = Printer(out, as_json=True, me="alice")
+    for frame in frames:
+        printer(event(frame))
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == frames
+    assert '"retry_after":5}' in out.getvalue()  # not re-encoded as 5.0
+
+
 def test_history_is_dimmed_and_pages_say_what_is_left() -> None:
     old = {**message("bob", "from before").to_frame(), "history": True}
     assert {style for style, _ in render(event(old), "alice")} == {"class:history"}

@@ -4,6 +4,7 @@ refuses what is not a frame of this protocol."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -138,11 +139,21 @@ def test_every_chat_request_round_trips(request: protocol.Request) -> None:
 def test_a_newer_servers_frame_is_passed_on_as_unknown() -> None:
     (event,) = parsed(b'{"type":"typing","username":"bob"}\n')
     assert isinstance(event, UnknownEvent) and event.kind == "typing"
+    # A newer reply type still names the request it answers.
+    (reply,) = parsed(b'{"type":"receipt","re":"c7"}\n')
+    assert isinstance(reply, UnknownEvent) and reply.re == "c7"
 
 
 def test_fields_a_newer_server_adds_are_ignored() -> None:
-    (event,) = parsed(b'{"type":"join","username":"bob","role":"user","away":true}\n')
+    line = b'{"type":"join","username":"bob","role":"user","away":true}'
+    (event,) = parsed(line + b"\n")
     assert event == Join("bob", "user")
+    assert isinstance(event, Join) and event.received == json.loads(line)  # kept as it came
+
+
+def test_an_older_servers_join_says_no_role() -> None:
+    (event,) = parsed(b'{"type":"join","username":"bob"}\n')
+    assert event == Join("bob", "")
 
 
 def test_an_older_servers_hello_has_no_password_rule() -> None:
@@ -157,6 +168,7 @@ def test_an_older_servers_hello_has_no_password_rule() -> None:
     (b'{"type":"welcome","username":"a","role":"user","users":[1]}', "list of strings"),
     (b'{"type":"history","messages":[{"type":"join"}],"more":false}', "only messages and DMs"),
     (b'{"type":"error","message":"no code"}', "'code' must be a string"),
+    (b'{"type":"error","code":"x","retry_after":true}', "'retry_after' must be a number"),
     (b'{"no":"type"}', "without a type"),
     (b'[1,2]', "not a JSON object"),
 ])

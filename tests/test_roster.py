@@ -43,7 +43,7 @@ def test_roles_come_from_who_and_survive_a_new_welcome() -> None:
                                                   {"username": "root", "role": "admin"}]}))
     assert roster.roles_known() and roster.role("ROOT") == "admin"
     roster.apply(event({"type": "join", "username": "bob", "role": "user"}))
-    roster.apply(event({"type": "join", "username": "old-server-client", "role": ""}))  # none
+    roster.apply(event({"type": "join", "username": "old-server-client"}))  # no role said
     assert not roster.roles_known() and roster.role("bob") == "user"
     # After a reconnect the welcome lists names only; roles already learnt stay.
     assert roster.apply(welcome("root", "alice"))

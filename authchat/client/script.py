@@ -63,8 +63,12 @@ class Printer:
 
 
 def _as_json(event: ServerEvent) -> str:
-    """The event as the frame the server sent: one line, safe for a terminal."""
-    frame = event.frame if isinstance(event, UnknownEvent) else event.to_frame()
+    """The event as the frame the server sent, unknown fields and all: one
+    line, safe for a terminal."""
+    if isinstance(event, UnknownEvent):
+        frame = event.frame
+    else:
+        frame = event.received if event.received is not None else event.to_frame()
     return escape_json(json.dumps(frame, ensure_ascii=False, separators=(",", ":")))
 
 

@@ -63,6 +63,7 @@ BACKOFF_MAX_S = 30.0
 # After these the run is over: reconnecting would only repeat them.
 FINAL_CODES = {ErrorCode.KICKED, ErrorCode.ACCOUNT_DISABLED, ErrorCode.BAD_CREDENTIALS}
 
+
 def probe(options: ClientOptions, confirm: Confirm | None = None) -> Hello:
     """The server's `hello`, from a connection opened only to learn it and then
     closed: whether the server is there and trusted, and its rules, all settled

@@ -14,7 +14,7 @@ ignores unknown request fields.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..errors import ErrorCode
@@ -26,6 +26,15 @@ PROTOCOL_VERSION = 1
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class Received:
+    """What every server event has once a client has parsed it: the frame as
+    it came, for a client that shows frames as they are (scripting mode's
+    --json), unknown fields and all. None on an event built to be sent."""
+
+    received: Frame | None = field(default=None, kw_only=True, compare=False, repr=False)
+
+
 def _with_re(frame: Frame, re_: RequestId) -> Frame:
     if re_ is not None:
         frame["re"] = re_
@@ -33,7 +42,7 @@ def _with_re(frame: Frame, re_: RequestId) -> Frame:
 
 
 @dataclass(frozen=True)
-class Hello:
+class Hello(Received):
     """The server's greeting, first on every connection: who it is and its rules."""
 
     server: str
@@ -51,7 +60,7 @@ class Hello:
 
 
 @dataclass(frozen=True)
-class Welcome:
+class Welcome(Received):
     """Logged in (or registered and logged in), with who is online."""
 
     username: str
@@ -65,7 +74,7 @@ class Welcome:
 
 
 @dataclass(frozen=True)
-class ErrorReply:
+class ErrorReply(Received):
     """A refusal, or the reason the server ends the connection. `code` is one
     of `ErrorCode`'s on a server of this version (a string: a newer server may
     send others); `re` names the request it answers, if any."""
@@ -93,7 +102,7 @@ class ErrorReply:
 
 
 @dataclass(frozen=True)
-class Ok:
+class Ok(Received):
     """A request done. For a message or DM: its id, and whether a DM waits
     for its recipient to log in (`queued`)."""
 
@@ -111,7 +120,7 @@ class Ok:
 
 
 @dataclass(frozen=True)
-class Message:
+class Message(Received):
     """A message to the room. `history` marks one given back from the past
     (on joining, or in a history page), not said just now."""
 
@@ -130,7 +139,7 @@ class Message:
 
 
 @dataclass(frozen=True)
-class DirectMessage:
+class DirectMessage(Received):
     """A direct message, to its recipient's sessions and its sender's."""
 
     id: int
@@ -151,12 +160,6 @@ class DirectMessage:
 Said = Message | DirectMessage
 
 
-def from_history(said: Said) -> Said:
-    """A message or DM as history gives it back: marked, so a client can tell
-    it from live traffic."""
-    return replace(said, history=True)
-
-
 def message_template(sender: str, text: str, ts: str) -> tuple[bytes, bytes]:
     """Message(ID, sender, text, ts)'s encoded frame as the bytes before and
     after ID, so that a batch is encoded once for any ids."""
@@ -165,7 +168,7 @@ def message_template(sender: str, text: str, ts: str) -> tuple[bytes, bytes]:
 
 
 @dataclass(frozen=True)
-class HistoryPage:
+class HistoryPage(Received):
     """Older messages, oldest first; `more` if there are older still."""
 
     messages: tuple[Said, ...]
@@ -178,18 +181,18 @@ class HistoryPage:
 
 
 @dataclass(frozen=True)
-class Join:
+class Join(Received):
     """An account's first session entered the room."""
 
     username: str
-    role: str
+    role: str  # "" from a server older than the field (before 2026-11-28): not known
 
     def to_frame(self) -> Frame:
         return {"type": "join", "username": self.username, "role": self.role}
 
 
 @dataclass(frozen=True)
-class Leave:
+class Leave(Received):
     """An account's last session left the room, and why (quit, kicked, …)."""
 
     username: str
@@ -208,7 +211,7 @@ class OnlineUser:
 
 
 @dataclass(frozen=True)
-class WhoList:
+class WhoList(Received):
     """Who is online, in name order."""
 
     users: tuple[OnlineUser, ...]
@@ -220,7 +223,7 @@ class WhoList:
 
 
 @dataclass(frozen=True)
-class PongReply:
+class PongReply(Received):
     """The answer to a client's ping."""
 
     re: RequestId = None
@@ -230,7 +233,7 @@ class PongReply:
 
 
 @dataclass(frozen=True)
-class ServerPing:
+class ServerPing(Received):
     """The server asks whether the client is still there: answer with a pong."""
 
     def to_frame(self) -> Frame:
@@ -239,10 +242,13 @@ class ServerPing:
 
 @dataclass(frozen=True)
 class UnknownEvent:
-    """A frame of a type this version does not know; never sent by this server."""
+    """A frame of a type this version does not know; never sent by this server.
+    `re`, if it names a request, lets a client pair a newer server's new reply
+    with what it asked."""
 
     kind: str
     frame: Frame = field(compare=False, repr=False)
+    re: RequestId = None
 
 
 # What the server sends, and what a client may receive (a newer server's too).
@@ -269,7 +275,7 @@ _KINDS = {str: "a string", int: "a whole number", float: "a number", bool: "true
 def _required(frame: Frame, key: str, kind: type[T]) -> T:
     """`frame[key]`, which must be a `kind` (a bool is no number here)."""
     value = frame.get(key)
-    if kind is float and isinstance(value, int):
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)  # JSON has one kind of number: 1 is 1.0
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise _bad(str(frame.get("type")), key, f"must be {_KINDS[kind]}")
@@ -356,7 +362,7 @@ def _who(f: Frame) -> WhoList:
                          for u in _objects(f, "users")), _re(f))
 
 
-_PARSERS: dict[str, Callable[[Frame], ServerEvent]] = {
+_PARSERS: dict[str, Callable[[Frame], OutgoingEvent]] = {
     "hello": _hello,
     "welcome": _welcome,
     "error": _error,
@@ -364,7 +370,7 @@ _PARSERS: dict[str, Callable[[Frame], ServerEvent]] = {
     "message": _message,
     "dm": _direct,
     "history": _history,
-    "join": lambda f: Join(_required(f, "username", str), _required(f, "role", str)),
+    "join": lambda f: Join(_required(f, "username", str), (_optional(f, "role", str) or "")),
     "leave": lambda f: Leave(_required(f, "username", str), (_optional(f, "reason", str) or "")),
     "who": _who,
     "pong": lambda f: PongReply(_re(f)),
@@ -383,4 +389,9 @@ def parse_event(frame: Frame) -> ServerEvent:
     if not isinstance(kind, str):
         raise ProtocolError(ErrorCode.BAD_FRAME, "the server sent a frame without a type")
     parse = _PARSERS.get(kind)
-    return parse(frame) if parse else UnknownEvent(kind, frame)
+    if parse is None:
+        return UnknownEvent(kind, frame, _re(frame))
+    event = parse(frame)
+    # Frozen, and not yet seen by anyone: set once, here, as __post_init__ would.
+    object.__setattr__(event, "received", frame)
+    return event

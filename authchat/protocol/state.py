@@ -37,7 +37,6 @@ class State(Enum):
     CLOSED = "closed"
 
 
-
 @dataclass(frozen=True)
 class Violation:
     """A frame the server must refuse: answer with `code`; close if `fatal`."""
@@ -57,7 +56,6 @@ ACCEPTS: dict[State, frozenset[str]] = {
     State.CLOSED: frozenset(),
 }
 KNOWN_TYPES = ACCEPTS[State.AWAIT_AUTH] | ACCEPTS[State.CHAT]
-
 
 
 class ServerProtocol:
