@@ -1,4 +1,4 @@
-"""The chat server: listener, admission, housekeeping, shutdown.
+"""The chat server: listener, accept loop, refusals, housekeeping, shutdown.
 
 Methods for the caller: `Server(config, store)`, `start()`, `address`,
 `shutdown()`. Connections see the server only as connection.py's `Host`;
