@@ -289,10 +289,10 @@ def test_db_status_and_migrate(run_cli: Runner, home: Path) -> None:
     assert migrated == ("applied 0001_initial\napplied 0002_password_version\n"
                         "applied 0003_messages\napplied 0004_room_batches\n"
                         "applied 0005_account_ids\napplied 0006_name_skeletons\n"
-                        "schema version 6\n")
-    assert run_cli("db", "migrate", check=True).stdout == "schema version 6\n"
+                        "applied 0007_session_tokens\nschema version 7\n")
+    assert run_cli("db", "migrate", check=True).stdout == "schema version 7\n"
     after = run_cli("db", "status", check=True).stdout
-    assert "schema version: 6" in after and "pending:        none" in after
+    assert "schema version: 7" in after and "pending:        none" in after
     assert "journal_mode:   wal" in after and "synchronous:    2" in after
     assert f"database:       {home / 'authchat.db'}" in after
 

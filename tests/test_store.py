@@ -43,16 +43,17 @@ def test_migrations_from_empty_and_rerun(config: Config) -> None:
     assert store.schema_version() == 0
     assert [m.version for m in store.pending_migrations()] == [m.version for m in known_migrations()]
     applied = store.migrate()
-    assert [m.version for m in applied] == [1, 2, 3, 4, 5, 6]
+    assert [m.version for m in applied] == [1, 2, 3, 4, 5, 6, 7]
     assert {"users", "invites", "audit_log", "schema_migrations", "room_batches",
-            "direct_messages", "message_ids"} <= tables(store)
+            "direct_messages", "message_ids", "session_tokens"} <= tables(store)
     assert store.migrate() == []
     assert store.pending_migrations() == []
-    assert store.schema_version() == 6
+    assert store.schema_version() == 7
     rows = store.connection().execute("SELECT version, name FROM schema_migrations").fetchall()
     assert [tuple(r) for r in rows] == [(1, "initial"), (2, "password_version"),
                                         (3, "messages"), (4, "room_batches"),
-                                        (5, "account_ids"), (6, "name_skeletons")]
+                                        (5, "account_ids"), (6, "name_skeletons"),
+                                        (7, "session_tokens")]
 
 
 def test_concurrent_migrations_apply_once(config: Config) -> None:

@@ -21,7 +21,6 @@ No sockets, no click, no printing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -52,7 +51,7 @@ from ..errors import (
 from ..passwords import PasswordHasher, PasswordPolicy
 from ..timestamps import to_seconds, utc_now
 from ..usernames import skeleton, validate_username
-from . import schema, sqlite
+from . import schema, sqlite, tokens
 from .schema import Migration
 
 log = logging.getLogger(__name__)
@@ -64,6 +63,7 @@ BUSY_TIMEOUT_MS = 5000
 BUSY_RETRIES = 3
 SQLITE_WAL_RESET_FIXED = (3, 51, 3)
 ROLES = ("user", "admin")
+MAX_TOKEN_LENGTH = 128  # a session token is 43 characters; longer is no token of ours
 
 
 @dataclass(frozen=True)
@@ -391,7 +391,8 @@ class Store:
                 (password_hash, utc_now(), user_id, known_version))
             if cursor.rowcount == 0:
                 raise PasswordChanged()
-            audit(conn, actor, "user.passwd", row["username"], {})
+            ended = tokens.revoke_all(conn, user_id)
+            audit(conn, actor, "user.passwd", row["username"], _tokens_ended(ended))
             return self._user_by_id(conn, user_id)
 
     def set_password(self, username: str, password: str, *, actor: str) -> User:
@@ -404,7 +405,8 @@ class Store:
             conn.execute("UPDATE users SET password_hash = ?, password_version = "
                          "password_version + 1, updated_at = ? WHERE id = ?",
                          (password_hash, utc_now(), before.id))
-            audit(conn, actor, "user.passwd", before.username, {})
+            ended = tokens.revoke_all(conn, before.id)
+            audit(conn, actor, "user.passwd", before.username, _tokens_ended(ended))
             return self._user_by_id(conn, before.id)
 
     def set_role(self, username: str, role: str, *, actor: str) -> User:
@@ -412,8 +414,10 @@ class Store:
         return self._update_user(username, actor, "user.role", {"role": role}, role=role)
 
     def set_disabled(self, username: str, disabled: bool, *, actor: str) -> User:
+        """Disable (ending the account's session tokens too) or enable an account."""
         action = "user.disable" if disabled else "user.enable"
-        return self._update_user(username, actor, action, {}, disabled=int(disabled))
+        return self._update_user(username, actor, action, {}, end_tokens=disabled,
+                                 disabled=int(disabled))
 
     def delete_user(self, username: str, *, actor: str) -> User:
         """Delete an account; the DMs still waiting for it go with it, since
@@ -421,6 +425,7 @@ class Store:
         its name, in the history and exports)."""
         with self.transaction() as conn:
             user = self._user_by_name(conn, username)
+            tokens.revoke_all(conn, user.id)
             conn.execute("DELETE FROM users WHERE id = ?", (user.id,))
             dropped = conn.execute("DELETE FROM direct_messages WHERE recipient_id = ? "
                                    "AND delivered = 0", (user.id,)).rowcount
@@ -429,8 +434,9 @@ class Store:
         return user
 
     def _update_user(self, username: str, actor: str, action: str, detail: dict[str, Any],
-                     **changes: Any) -> User:
-        """Apply `changes` and audit them, or change nothing if the values are already so."""
+                     *, end_tokens: bool = False, **changes: Any) -> User:
+        """Apply `changes` and audit them, or change nothing if the values are
+        already so; with `end_tokens`, a change ends the account's session tokens."""
         with self.transaction() as conn:
             before = self._user_by_name(conn, username)
             assignments = ", ".join(f"{column} = ?" for column in changes)
@@ -439,7 +445,8 @@ class Store:
                 f"({' AND '.join(f'{column} IS ?' for column in changes)})",
                 (*changes.values(), utc_now(), before.id, *changes.values()))
             if cursor.rowcount:
-                audit(conn, actor, action, before.username, detail)
+                ended = tokens.revoke_all(conn, before.id) if end_tokens else 0
+                audit(conn, actor, action, before.username, {**detail, **_tokens_ended(ended)})
             return self._user_by_id(conn, before.id)
 
     def _user_by_name(self, conn: sqlite.Connection, username: str) -> User:
@@ -454,6 +461,54 @@ class Store:
         if row is None:
             raise NoSuchUser()
         return _user(row)
+
+    # -- session tokens ---------------------------------------------------
+
+    def issue_token(self, user: User, *, lifetime: timedelta, keep: int) -> tuple[str, str]:
+        """A session token for `user`, who has just logged in with its password,
+        and when it expires. It is bound to the password that login checked: if
+        that has changed since, the token is born revoked. The account keeps
+        at most `keep` tokens, the newest.
+
+        Raises:
+            NoSuchUser: the account was deleted meanwhile.
+        """
+        token = tokens.new_token()
+        with self.transaction() as conn:
+            self._user_by_id(conn, user.id)
+            expires_at = tokens.insert(conn, token, user.id, user.password_version, lifetime,
+                                       keep)
+        return token, expires_at
+
+    def resume(self, token: str) -> User:
+        """The account a session token logs in, without a hash. A read only: a
+        storm of reconnects costs no commits.
+
+        Raises:
+            BadCredentials: the token is unknown, expired or revoked, or its
+                account's password changed or the account is disabled, alike.
+        """
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+            raise BadCredentials()
+        row = tokens.account_of(self.connection(), token, utc_now(), _USER_COLUMNS)
+        if row is None:
+            raise BadCredentials()
+        return _user(row)
+
+    def revoke_token(self, token: str) -> bool:
+        """End one session token (its client logged out); whether it was known."""
+        with self.transaction() as conn:
+            return tokens.revoke(conn, token)
+
+    def revoke_tokens(self, username: str, *, actor: str) -> int:
+        """End every session token of the account (`users sessions revoke`),
+        audited if there were any; how many there were."""
+        with self.transaction() as conn:
+            user = self._user_by_name(conn, username)
+            ended = tokens.revoke_all(conn, user.id)
+            if ended:
+                audit(conn, actor, "user.sessions_revoke", user.username, _tokens_ended(ended))
+            return ended
 
     # -- invites ----------------------------------------------------------
 
@@ -470,7 +525,7 @@ class Store:
             cursor = conn.execute(
                 "INSERT INTO invites (token_hash, role, max_uses, expires_at, created_at,"
                 " created_by) VALUES (?, ?, ?, ?, ?, ?)",
-                (_token_hash(token), role, uses, expires, to_seconds(created), actor))
+                (tokens.token_hash(token), role, uses, expires, to_seconds(created), actor))
             invite_id = cursor.lastrowid
             audit(conn, actor, "invite.create", f"invite:{invite_id}",
                    {"role": role, "uses": uses, "expires_at": expires})
@@ -514,13 +569,14 @@ def _user(row: sqlite.Row) -> User:
                 row["password_version"])
 
 
+def _tokens_ended(count: int) -> dict[str, Any]:
+    """An audit detail for the session tokens a change ended, if it ended any."""
+    return {"session_tokens_ended": count} if count else {}
+
+
 def _check_role(role: str) -> None:
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
-
-
-def _token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _refuse_taken(conn: sqlite.Connection, username: str, shape: str) -> None:
@@ -543,7 +599,7 @@ def _invite_usable(conn: sqlite.Connection, token: str, now: str) -> bool:
     """Whether the invite could be redeemed now: a read, so it decides nothing
     (`_redeem_invite` does, atomically); it only turns away early what must fail."""
     return conn.execute(f"SELECT 1 FROM invites WHERE {_USABLE_INVITE}",
-                        (_token_hash(token), now)).fetchone() is not None
+                        (tokens.token_hash(token), now)).fetchone() is not None
 
 
 def _redeem_invite(conn: sqlite.Connection, token: str, now: str) -> tuple[int, str]:
@@ -552,7 +608,7 @@ def _redeem_invite(conn: sqlite.Connection, token: str, now: str) -> tuple[int, 
     The single conditional UPDATE is what makes redemption atomic: of two
     concurrent redemptions of a last use, only one matches the WHERE clause.
     """
-    token_hash = _token_hash(token)
+    token_hash = tokens.token_hash(token)
     cursor = conn.execute(f"UPDATE invites SET uses = uses + 1 WHERE {_USABLE_INVITE}",
                           (token_hash, now))
     if cursor.rowcount == 0:
