@@ -1,7 +1,8 @@
 """The store: every SQL statement authchat runs lives in this package.
 
 This module has the connections, transactions and migrations, and the
-accounts, invites and audit log; `messages.py` has the message history.
+accounts, invites, session tokens and audit log; `messages.py` has the
+message history, `tokens.py` the session tokens' statements.
 
 Threading model. A server thread and admin commands in other processes may
 all use one database file at once, so:
@@ -101,7 +102,7 @@ class AuditEntry:
 
 
 class Store:
-    """Accounts, invites and the audit log in one SQLite file."""
+    """Accounts, invites, session tokens and the audit log in one SQLite file."""
 
     def __init__(self, path: Path, *, hasher: PasswordHasher, policy: PasswordPolicy) -> None:
         self.path = Path(path)
