@@ -741,6 +741,14 @@ class ScriptedServer:
                 sock.close()
 
 
+def start_against(scripted: ScriptedServer, chat: Chat) -> None:
+    """Start `chat` while the scripted server lets it in."""
+    starting = threading.Thread(target=chat.start)
+    starting.start()
+    scripted.let_in()
+    starting.join(10)
+
+
 def test_a_silent_link_is_pinged_then_counted_as_lost(tmp_path: Path) -> None:
     server = ScriptedServer()
     chat, events = alice_chat(tmp_path, server.port, silence_s=0.3)
@@ -846,10 +854,7 @@ def test_a_reply_of_a_type_this_client_does_not_know_still_answers_its_request(
     scripted = ScriptedServer()
     chat, _ = alice_chat(tmp_path, scripted.port)
     try:
-        starting = threading.Thread(target=chat.start)
-        starting.start()
-        scripted.let_in()
-        starting.join(10)
+        start_against(scripted, chat)
         answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
         asking = threading.Thread(target=lambda: answers.put(chat.request(Who(None))))
         asking.start()
@@ -860,6 +865,7 @@ def test_a_reply_of_a_type_this_client_does_not_know_still_answers_its_request(
         assert isinstance(reply, UnknownEvent) and reply.kind == "who_v2"
     finally:
         chat.close()
+        scripted.close()
 
 
 def test_a_refusal_that_comes_after_its_request_gave_up_does_not_end_the_session(
@@ -867,10 +873,7 @@ def test_a_refusal_that_comes_after_its_request_gave_up_does_not_end_the_session
     scripted = ScriptedServer()
     chat, events = alice_chat(tmp_path, scripted.port)
     try:
-        starting = threading.Thread(target=chat.start)
-        starting.start()
-        scripted.let_in()
-        starting.join(10)
+        start_against(scripted, chat)
         with pytest.raises(ClientError, match="did not answer in time"):
             chat.request(Passwd(None, "wrong", OTHER_PASSWORD), timeout=0.2)
         request = scripted.recv() or {}
