@@ -180,7 +180,7 @@ class Admission(Generic[C]):
     # -- what connections try --------------------------------------------------
 
     @contextmanager
-    def login_attempt(self, ip: str, username: str) -> Iterator[float]:
+    def login_attempt(self, ip: str, username: str | None) -> Iterator[float]:
         """`with admission.login_attempt(ip, name) as wait:` seconds to wait first;
         at 0.0 the guess counts as in flight until the block ends, by which
         time `auth_failed` or `auth_succeeded` has recorded its outcome."""
@@ -192,6 +192,12 @@ class Admission(Generic[C]):
             if wait <= 0.0:
                 with self._lock:
                     self._throttle.end(ip_key(ip), username, time.monotonic())
+
+    def resume_attempt(self, ip: str) -> AbstractContextManager[float]:
+        """As `login_attempt`, for a session token: a guess at no account in
+        particular, so it counts against the address alone; a failed one is
+        `auth_failed(ip, None)`."""
+        return self.login_attempt(ip, None)
 
     def auth_failed(self, ip: str, username: str | None) -> None:
         with self._lock:

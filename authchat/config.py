@@ -63,6 +63,10 @@ class AuthConfig:
     max_concurrent_hashes: int = _opt(0, low=0, high=256)
     # Hashes one address may have waiting or running at once.
     max_hashes_per_ip: int = _opt(2, low=1, high=1024)
+    # How long a session token logs in without the password; 0: none is given.
+    session_token_days: float = _opt(30.0, low=0, high=3650)
+    # Session tokens one account keeps; a new one ends the oldest past this.
+    session_tokens_per_user: int = _opt(20, low=1, high=10_000)
 
 
 @dataclass(frozen=True)

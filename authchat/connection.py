@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from datetime import timedelta
 from typing import Any, Protocol, TypeVar
 
 from . import __version__, protocol
@@ -49,6 +50,7 @@ from .protocol import (
     HistoryPage,
     Kick,
     Login,
+    Logout,
     Ok,
     OnlineUser,
     OutgoingEvent,
@@ -59,6 +61,7 @@ from .protocol import (
     Quit,
     Register,
     Request,
+    Resume,
     Say,
     ServerPing,
     ServerProtocol,
@@ -150,6 +153,9 @@ class Session:
         self.close_by: float | None = None
         self.bucket = TokenBucket(limits.messages_per_second, limits.message_burst,
                                   time.monotonic())
+        # The session token this session came in with or was given, for its
+        # logout to end; a credential, kept in memory only.
+        self.token = connection.session_token
 
     @property
     def username(self) -> str:
@@ -222,6 +228,11 @@ class Connection:
         self.protocol = ServerProtocol(limits.max_frame_bytes, limits.max_text_length)
         self.reader_done = threading.Event()
         self._welcome_re: protocol.RequestId = None
+        # The session token the login gave (with its expiry), or the one it
+        # resumed with: set on the worker thread that checked it, read here
+        # after that check has returned.
+        self.session_token: str | None = None
+        self._issued_token: tuple[str, str] | None = None
         # Set under the admission's lock: evicted to make room before login; or
         # not to be, since its login is being checked.
         self.evicted = False
@@ -379,7 +390,7 @@ class Connection:
         if isinstance(event, Quit):
             self._linger()
             return False
-        assert isinstance(event, (Login, Register))
+        assert isinstance(event, (Login, Register, Resume))
         if isinstance(event, Login) and self._sessions_full_here(event.username):
             # what room.enter would say after the hash: no bcrypt for it
             self._fail(ErrorCode.TOO_MANY_SESSIONS, "too many sessions for this account",
@@ -417,25 +428,35 @@ class Connection:
     def _fail_evicted(self) -> None:
         self._fail(ErrorCode.TOO_MANY_CONNECTIONS, "the server is full; try again")
 
-    def _authenticate(self, request: Login | Register) -> User | None:
-        """Log in or register; on failure the client has its error and None comes back."""
+    def _authenticate(self, request: Login | Register | Resume) -> User | None:
+        """Log in, register or resume; on failure the client has its error and
+        None comes back."""
         outcome = self._attempt(request)
         if isinstance(outcome, User):
             return outcome
         refusal = outcome
         self._send_now(ErrorReply(refusal.code, refusal.message, request.id,
                                       refusal.retry_after))
+        who = "a session token" if isinstance(request, Resume) \
+            else _name_for_log(request.username, refusal.names_an_account)
         log.info("%s failed from %s: %s (%s)", type(request).__name__.lower(), self.ip,
-                 refusal.code, _name_for_log(request.username, refusal.names_an_account))
+                 refusal.code, who)
         return None
 
-    def _attempt(self, request: Login | Register) -> User | Refusal:
-        """A registration or a login, throttled, then checked in turn.
+    def _attempt(self, request: Login | Register | Resume) -> User | Refusal:
+        """A registration or a login, throttled, then checked in turn; a
+        resume, throttled like a login, then checked without a hash.
 
         Registrations in flight count against the address's hourly limit, or
         a burst sent at once would all get through.
         """
         admission = self.host.admission
+        if isinstance(request, Resume):
+            with admission.resume_attempt(self.ip) as wait:
+                if wait > 0:
+                    return Refusal(ErrorCode.RATE_LIMITED, "too many failed logins; try later",
+                                   wait)
+                return self._check(request)
         if isinstance(request, Register):
             refusal = self._registration_refusal(request)
             if refusal is not None:
@@ -461,7 +482,7 @@ class Connection:
                     return Refusal(ErrorCode.RATE_LIMITED, busy, BUSY_RETRY_S)
                 return work()
 
-    def _check(self, request: Login | Register) -> User | Refusal:
+    def _check(self, request: Login | Register | Resume) -> User | Refusal:
         """Check the credentials on an auth thread; a failure as the client's refusal."""
         try:
             return self.host.off_thread(self._check_credentials, request)
@@ -480,8 +501,10 @@ class Connection:
                            else "registration is closed")
         return None
 
-    def _check_credentials(self, request: Login | Register) -> User:
+    def _check_credentials(self, request: Login | Register | Resume) -> User:
         host, store = self.host, self.host.store
+        if isinstance(request, Resume):
+            return self._check_token(request)
         try:
             if isinstance(request, Register):
                 invite = request.invite if host.config.server.registration == "invite" else None
@@ -489,6 +512,7 @@ class Connection:
                                          invite=invite)
                 host.admission.registered(self.ip)
                 log.info("registered %s from %s", escape(user.username), self.ip)
+                self._issue_token_if_asked(request, user)
                 return user
             user = store.authenticate(request.username, request.password)
         except AuthchatError as e:
@@ -506,7 +530,34 @@ class Connection:
             raise
         host.admission.auth_succeeded(self.ip, user.username)
         log.info("login %s from %s", escape(user.username), self.ip)
+        self._issue_token_if_asked(request, user)
         return user
+
+    def _check_token(self, request: Resume) -> User:
+        """A resume: the token's account, or BadCredentials, charged to the
+        address (a token names no account to charge)."""
+        try:
+            user = self.host.store.resume(request.token)
+        except BadCredentials:
+            self.host.admission.auth_failed(self.ip, None)
+            raise
+        self.host.admission.auth_succeeded(self.ip, user.username)
+        self.session_token = request.token
+        log.info("login %s from %s with a session token", escape(user.username), self.ip)
+        return user
+
+    def _issue_token_if_asked(self, request: Login | Register, user: User) -> None:
+        """A session token for a password login that asked for one, if the
+        server gives them. A failure here fails the login: the client asked
+        for a token and must not be told it is in without one."""
+        auth = self.host.config.auth
+        if not request.session or auth.session_token_days <= 0:
+            return
+        token, expires = self.host.store.issue_token(
+            user, lifetime=timedelta(days=auth.session_token_days),
+            keep=auth.session_tokens_per_user)
+        self.session_token = token
+        self._issued_token = (token, expires)
 
     # -- in the room ------------------------------------------------------------
 
@@ -514,9 +565,12 @@ class Connection:
         session = Session(self, user)
         self._end_sessions_of_a_former_holder(user)
         waiting = self._waiting_dms(user)
+        token, expires = self._issued_token or (None, None)
+        self._issued_token = None
         admitted = self.host.room.enter(
             session, lambda names: encode_event(
-                Welcome(user.username, user.role, tuple(names), self._welcome_re)),
+                Welcome(user.username, user.role, tuple(names), self._welcome_re,
+                        token, expires)),
             waiting_frames(waiting))
         if admitted and waiting:
             self._given(waiting)
@@ -524,6 +578,8 @@ class Connection:
         self.authenticated = True
         self.host.admission.mark_authenticated(self)
         if not admitted:
+            if token is not None:  # never given: it must not outlive this refusal
+                self._revoke_token(token)
             self._fail(ErrorCode.TOO_MANY_SESSIONS, "too many sessions for this account")
             return
         self.session = session
@@ -691,10 +747,28 @@ class Connection:
             if request.id is not None:
                 session.reply(Ok(request.id))
             session.end(None, "", "quit")
+        elif isinstance(request, Logout):
+            self._logout(session, request)
         elif isinstance(request, Passwd):
             self._change_password(session, request)
         elif isinstance(request, (Kick, Ban)):
             self._moderate(session, request)
+
+    def _logout(self, session: Session, request: Logout) -> None:
+        """End the session and its token; if the token cannot be ended now,
+        the client is told so and stays in, to try again."""
+        if session.token is not None:
+            self.host.off_thread(self.host.store.revoke_token, session.token)
+            session.token = None
+        if request.id is not None:
+            session.reply(Ok(request.id))
+        session.end(None, "", "logout")
+
+    def _revoke_token(self, token: str) -> None:
+        try:
+            self.host.off_thread(self.host.store.revoke_token, token)
+        except (AuthchatError, DatabaseError) as e:
+            log.warning("could not end an unused session token: %s", e)
 
     def _direct(self, session: Session, request: Dm) -> None:
         journal = self.host.journal

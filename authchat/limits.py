@@ -267,14 +267,17 @@ class LoginThrottle:
             return IN_FLIGHT_RETRY_S
         return 0.0
 
-    def begin(self, ip: str, account: str, now: float) -> float:
-        """`wait_for`, and when that is 0.0, hold a guess in flight until `end`."""
+    def begin(self, ip: str, account: str | None, now: float) -> float:
+        """`wait_for`, and when that is 0.0, hold a guess in flight until `end`.
+        A guess at no account (a session token) counts against the address alone."""
         wait = max(self.wait_for(ip, account, now), self._address_in_flight_wait(ip, now))
         if wait <= 0.0:
-            account = account.lower()
             ip_record = self._ips.get(ip) or _IpRecord()
             ip_record.in_flight += 1
             self._ips.put(ip, ip_record)
+            if account is None:
+                return wait
+            account = account.lower()
             pair = self._pairs.get((account, ip)) or _PairRecord()
             pair.in_flight += 1
             self._pairs.put((account, ip), pair)
@@ -289,13 +292,12 @@ class LoginThrottle:
             self._accounts.put(account, record)
         return record
 
-    def end(self, ip: str, account: str, now: float) -> None:
+    def end(self, ip: str, account: str | None, now: float) -> None:
         """The guess `begin` let through is known: its failure or success is recorded.
 
         A record left with nothing to remember goes, so that the tables hold
         only addresses and accounts with failures, not everyone who logs in.
         """
-        account = account.lower()
         ip_record = self._ips.get(ip)
         if ip_record is not None:
             ip_record.in_flight = max(0, ip_record.in_flight - 1)
@@ -303,6 +305,9 @@ class LoginThrottle:
             if not (ip_record.in_flight or ip_record.failures
                     or _penalty_remembered(ip_record, now)):
                 self._ips.pop(ip)
+        if account is None:
+            return
+        account = account.lower()
         pair = self._pairs.get((account, ip))
         if pair is not None:
             pair.in_flight = max(0, pair.in_flight - 1)

@@ -44,6 +44,17 @@ def test_per_pair_delay_doubles_and_success_resets() -> None:
     assert throttle.wait_for("1.2.3.4", "alice", 129.0) == 0.0
 
 
+def test_a_guess_at_no_account_counts_against_the_address_alone() -> None:
+    throttle = LoginThrottle(per_ip_per_minute=3, per_pair_free=5)
+    for n in range(3):
+        assert throttle.begin("1.2.3.4", None, float(n)) == 0.0
+        throttle.failure("1.2.3.4", None, float(n))
+        throttle.end("1.2.3.4", None, float(n))
+    assert throttle.wait_for("1.2.3.4", None, 2.5) > 0  # the address waits
+    assert throttle.wait_for("5.6.7.8", "alice", 2.5) == 0.0
+    assert throttle.tracked() == (1, 0, 0)  # no account, no pair was charged
+
+
 def test_guesses_from_one_address_do_not_hold_up_the_owner_elsewhere() -> None:
     throttle = LoginThrottle(per_ip_per_minute=1000, per_pair_free=5)
     for n in range(8):

@@ -154,9 +154,38 @@ def test_passwords_may_hold_any_character() -> None:
         Register(None, "alice", "tab\there\u202e", None)]
 
 
+def test_session_requests_and_flag() -> None:
+    proto = ServerProtocol()
+    token = "t" * 43
+    found = events(proto, protocol.encode({"type": "resume", "token": token, "id": 1})
+                   + protocol.encode({"type": "login", "username": "a", "password": "b",
+                                      "session": True})
+                   + protocol.encode({"type": "login", "username": "a", "password": "b",
+                                      "session": False})
+                   + protocol.encode({"type": "login", "username": "a", "password": "b",
+                                      "session": "yes"})
+                   + protocol.encode({"type": "resume", "token": "t" * 129}))
+    assert found[:3] == [protocol.Resume(1, token), Login(None, "a", "b", True),
+                         Login(None, "a", "b", None)]
+    assert [v.code for v in found[3:]] == [ErrorCode.BAD_REQUEST] * 2  # type: ignore[union-attr]
+    (logout,) = events(logged_in_protocol(), b'{"type":"logout","id":"x"}\n')
+    assert logout == protocol.Logout("x")
+
+
+def test_no_credential_shows_in_a_requests_repr() -> None:
+    secrets = ("pass-one", "pass-two", "invite-code", "token-value")
+    requests = [Login(1, "alice", secrets[0], True),
+                Register(2, "bob", secrets[1], secrets[2]),
+                protocol.Passwd(3, secrets[0], secrets[1]),
+                protocol.Resume(4, secrets[3])]
+    shown = repr(requests)
+    assert "alice" in shown and not any(secret in shown for secret in secrets)
+    assert requests[0].to_frame()["password"] == secrets[0]  # the wire still has it
+
+
 def test_state_table_before_login() -> None:
     proto = ServerProtocol()
-    for kind in ("say", "dm", "who", "passwd", "kick", "ban", "pong"):
+    for kind in ("say", "dm", "who", "passwd", "kick", "ban", "pong", "logout"):
         (violation,) = events(proto, protocol.encode({"type": kind}))
         assert violation.code is ErrorCode.AUTH_REQUIRED, kind
     (unknown,) = events(proto, b'{"type":"fly"}\n')
@@ -166,9 +195,9 @@ def test_state_table_before_login() -> None:
 
 def test_state_table_after_login() -> None:
     proto = logged_in_protocol()
-    for kind in ("login", "register"):
+    for kind in ("login", "register", "resume"):
         (violation,) = events(proto, protocol.encode(
-            {"type": kind, "username": "a", "password": "b"}))
+            {"type": kind, "username": "a", "password": "b", "token": "c"}))
         assert violation.code is ErrorCode.BAD_REQUEST
     with pytest.raises(RuntimeError):
         proto.authenticated()  # our bug, not the peer's: raise loudly

@@ -61,16 +61,24 @@ class Hello(Received):
 
 @dataclass(frozen=True)
 class Welcome(Received):
-    """Logged in (or registered and logged in), with who is online."""
+    """Logged in (or registered and logged in), with who is online; and, if
+    the login asked for one, a session token to `resume` with and when it
+    expires."""
 
     username: str
     role: str
     users: tuple[str, ...]
     re: RequestId = None
+    token: str | None = field(default=None, repr=False)  # a credential: never in a log
+    token_expires: str | None = None
 
     def to_frame(self) -> Frame:
-        return _with_re({"type": "welcome", "username": self.username, "role": self.role,
-                         "users": list(self.users)}, self.re)
+        frame: Frame = {"type": "welcome", "username": self.username, "role": self.role,
+                        "users": list(self.users)}
+        if self.token is not None:
+            frame["token"] = self.token
+            frame["token_expires"] = self.token_expires
+        return _with_re(frame, self.re)
 
 
 @dataclass(frozen=True)
@@ -321,7 +329,7 @@ def _hello(f: Frame) -> Hello:
 
 def _welcome(f: Frame) -> Welcome:
     return Welcome(_required(f, "username", str), _required(f, "role", str), _strings(f, "users"),
-                   _re(f))
+                   _re(f), _optional(f, "token", str), _optional(f, "token_expires", str))
 
 
 def _error(f: Frame) -> ErrorReply:

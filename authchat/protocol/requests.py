@@ -9,7 +9,7 @@ server code never re-checks them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from ..errors import ErrorCode
@@ -21,6 +21,7 @@ MAX_SECRET_FIELD = 4096    # a password or invite; the policy's own bound is low
 MAX_REASON_LENGTH = 200
 MAX_SAFE_INTEGER = 2**53 - 1
 MAX_HISTORY_PAGE = 200     # messages in one `history` answer
+MAX_TOKEN_FIELD = 128      # a session token is 43 characters; longer is bad_request
 
 # C0 and C1 controls, DEL and lone surrogates are refused in any text; a
 # message may still contain newlines and tabs.
@@ -34,7 +35,8 @@ RequestId = str | int | None
 @dataclass(frozen=True)
 class Request:
     """A client's request. The server gets it from `parse_request`, validated;
-    a client builds it and sends `to_frame()`."""
+    a client builds it and sends `to_frame()`. A credential in one is left
+    out of its repr, so that no log or traceback shows it."""
 
     type: ClassVar[str]
     id: RequestId
@@ -57,17 +59,38 @@ _WIRE_NAMES = {"with_user": "with"}  # attribute -> frame key, where they differ
 
 @dataclass(frozen=True)
 class Register(Request):
+    """`session`: also give a session token, to `resume` with later."""
+
     type: ClassVar[str] = "register"
     username: str
-    password: str
-    invite: str | None
+    password: str = field(repr=False)
+    invite: str | None = field(repr=False)
+    session: bool | None = None
 
 
 @dataclass(frozen=True)
 class Login(Request):
+    """`session`: also give a session token, to `resume` with later."""
+
     type: ClassVar[str] = "login"
     username: str
-    password: str
+    password: str = field(repr=False)
+    session: bool | None = None
+
+
+@dataclass(frozen=True)
+class Resume(Request):
+    """Log in with a session token instead of a password."""
+
+    type: ClassVar[str] = "resume"
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Logout(Request):
+    """End the session and the session token it came in with."""
+
+    type: ClassVar[str] = "logout"
 
 
 @dataclass(frozen=True)
@@ -116,8 +139,8 @@ class History(Request):
 @dataclass(frozen=True)
 class Passwd(Request):
     type: ClassVar[str] = "passwd"
-    old: str
-    new: str
+    old: str = field(repr=False)
+    new: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -160,6 +183,16 @@ def _string(frame: Frame, key: str, limit: int, *, optional: bool = False,
     if not secret and _FORBIDDEN_IN_FIELD.search(value):
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{key}' contains control characters")
     return value
+
+
+def _flag(frame: Frame, key: str) -> bool | None:
+    """An optional true/false field; absent is None, so that it is not sent back."""
+    value = frame.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"'{key}' must be true or false")
+    return value or None
 
 
 def _count(frame: Frame, key: str, low: int, high: int,
@@ -214,10 +247,14 @@ def parse_request(frame: Frame, max_text_length: int) -> Request:
     if kind == "register":
         return Register(rid, _string(frame, "username", MAX_NAME_FIELD),
                         _string(frame, "password", MAX_SECRET_FIELD, secret=True),
-                        _string(frame, "invite", MAX_SECRET_FIELD, optional=True, secret=True))
+                        _string(frame, "invite", MAX_SECRET_FIELD, optional=True, secret=True),
+                        _flag(frame, "session"))
     if kind == "login":
         return Login(rid, _string(frame, "username", MAX_NAME_FIELD),
-                     _string(frame, "password", MAX_SECRET_FIELD, secret=True))
+                     _string(frame, "password", MAX_SECRET_FIELD, secret=True),
+                     _flag(frame, "session"))
+    if kind == "resume":
+        return Resume(rid, _string(frame, "token", MAX_TOKEN_FIELD, secret=True))
     if kind == "say":
         return Say(rid, clean_text(frame.get("text"), max_text_length))
     if kind == "dm":
@@ -233,7 +270,7 @@ def parse_request(frame: Frame, max_text_length: int) -> Request:
     if kind in ("kick", "ban"):
         cls = Kick if kind == "kick" else Ban
         return cls(rid, _string(frame, "username", MAX_NAME_FIELD), _reason(frame))
-    simple = {"ping": Ping, "pong": Pong, "quit": Quit, "who": Who}
+    simple = {"ping": Ping, "pong": Pong, "quit": Quit, "who": Who, "logout": Logout}
     if kind in simple:
         return simple[kind](rid)
     raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {kind[:40]!r}")

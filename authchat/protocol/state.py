@@ -2,8 +2,8 @@
 state table, with no I/O. The server's turns bytes into validated requests;
 the client's turns bytes into typed server events.
 
-The state table (`ACCEPTS`): before authentication only register, login, ping
-and quit are accepted (anything else known is `auth_required`); after it, the
+The state table (`ACCEPTS`): before authentication only register, login, resume,
+ping and quit are accepted (anything else known is `auth_required`); after it, the
 chat requests. `ServerProtocol.authenticated()` is the only way from one state
 to the other.
 """
@@ -25,7 +25,7 @@ from .framing import (
 )
 from .requests import Request, RequestId, parse_request, request_id
 
-MAX_AUTH_FAILURES = 3      # failed register/login attempts before the connection closes
+MAX_AUTH_FAILURES = 3      # failed register/login/resume attempts before the connection closes
 MAX_PREAUTH_FRAMES = 10    # frames a client may send before it has logged in
 # What a client holds of one server frame: they are small, this only bounds a rogue one.
 MAX_SERVER_FRAME_BYTES = 1024 * 1024
@@ -50,9 +50,9 @@ class Violation:
 Event = Request | Violation
 
 ACCEPTS: dict[State, frozenset[str]] = {
-    State.AWAIT_AUTH: frozenset({"register", "login", "ping", "quit"}),
-    State.CHAT: frozenset({"say", "dm", "who", "ping", "pong", "passwd", "quit", "kick", "ban",
-                           "history"}),
+    State.AWAIT_AUTH: frozenset({"register", "login", "resume", "ping", "quit"}),
+    State.CHAT: frozenset({"say", "dm", "who", "ping", "pong", "passwd", "quit", "logout",
+                           "kick", "ban", "history"}),
     State.CLOSED: frozenset(),
 }
 KNOWN_TYPES = ACCEPTS[State.AWAIT_AUTH] | ACCEPTS[State.CHAT]
@@ -118,7 +118,7 @@ class ServerProtocol:
         self.state = State.CHAT
 
     def auth_failed(self) -> bool:
-        """Count a failed register/login; True once the connection must close."""
+        """Count a failed register/login/resume; True once the connection must close."""
         self._auth_failures += 1
         if self._auth_failures >= MAX_AUTH_FAILURES:
             self.state = State.CLOSED

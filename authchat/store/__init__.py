@@ -65,6 +65,7 @@ BUSY_RETRIES = 3
 SQLITE_WAL_RESET_FIXED = (3, 51, 3)
 ROLES = ("user", "admin")
 MAX_TOKEN_LENGTH = 128  # a session token is 43 characters; longer is no token of ours
+SESSION_ENDED = "the session token is unknown, expired or revoked; log in with the password"
 
 
 @dataclass(frozen=True)
@@ -490,10 +491,10 @@ class Store:
                 account's password changed or the account is disabled, alike.
         """
         if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
-            raise BadCredentials()
+            raise BadCredentials(SESSION_ENDED)
         row = tokens.account_of(self.connection(), token, utc_now(), _USER_COLUMNS)
         if row is None:
-            raise BadCredentials()
+            raise BadCredentials(SESSION_ENDED)
         return _user(row)
 
     def revoke_token(self, token: str) -> bool:
