@@ -420,6 +420,24 @@ def users_delete(settings: Settings, username: str, yes: bool) -> None:
     click.echo(f"deleted {user.username}")
 
 
+@users.group("sessions")
+def users_sessions() -> None:
+    """An account's session tokens (the remembered logins of its clients)."""
+
+
+@users_sessions.command("revoke")
+@click.argument("username")
+@pass_settings
+def users_sessions_revoke(settings: Settings, username: str) -> None:
+    """End every session token of an account, so its clients need the password.
+
+    Sessions open now go on until they disconnect; `users passwd` or
+    `users disable` ends those too."""
+    ended = settings.store().revoke_tokens(username, actor=_actor())
+    name = settings.store().get_user(username).username
+    click.echo(f"ended {ended} session token{'s' if ended != 1 else ''} of {name}")
+
+
 @users.command("audit")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000),
               help="How many of the newest entries to show.")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import click
 import pytest
 
 from authchat.config import load_config
+from authchat.errors import BadCredentials
 from authchat.store import Store, sqlite
 
 from conftest import GOOD_PASSWORD, TEST_COST, Runner, assert_one_line_error, cli_env
@@ -36,7 +38,7 @@ def users_json(run_cli: Runner) -> list[dict[str, object]]:
 COMMANDS = [
     [], ["users"], ["users", "add"], ["users", "list"], ["users", "show"], ["users", "passwd"],
     ["users", "role"], ["users", "disable"], ["users", "enable"], ["users", "delete"],
-    ["users", "audit"], ["invites"], ["invites", "create"], ["invites", "list"],
+    ["users", "audit"], ["users", "sessions"], ["users", "sessions", "revoke"], ["invites"], ["invites", "create"], ["invites", "list"],
     ["invites", "revoke"], ["db"], ["db", "migrate"], ["db", "status"],
 ]
 
@@ -180,6 +182,28 @@ def test_users_passwd(run_cli: Runner, home: Path) -> None:
     assert_one_line_error(
         run_cli("users", "passwd", "alice", "--password-stdin", input="tiny\n"), 1, "at least 15")
     assert open_store(home).authenticate("alice", OTHER_PASSWORD)
+
+
+def test_users_sessions_revoke_ends_the_accounts_tokens(run_cli: Runner, home: Path) -> None:
+    add(run_cli, "alice")
+    add(run_cli, "bob")
+    store = open_store(home)
+    tokens = [store.issue_token(store.authenticate(name, GOOD_PASSWORD),
+                                lifetime=timedelta(days=1), keep=20)[0]
+              for name in ("alice", "alice", "bob")]
+    result = run_cli("users", "sessions", "revoke", "ALICE", check=True)
+    assert result.stdout == "ended 2 session tokens of alice\n"
+    for token in tokens[:2]:
+        with pytest.raises(BadCredentials):
+            store.resume(token)
+    assert store.resume(tokens[2]).username == "bob"
+    entry = store.audit_entries()[-1]
+    assert (entry.action, entry.target, entry.detail) == (
+        "user.sessions_revoke", "alice", {"session_tokens_ended": 2})
+    again = run_cli("users", "sessions", "revoke", "alice", check=True)
+    assert again.stdout == "ended 0 session tokens of alice\n"
+    assert_one_line_error(run_cli("users", "sessions", "revoke", "ghost"), 1,
+                          "no such user: ghost")
 
 
 def test_users_role_disable_enable(run_cli: Runner, home: Path) -> None:
