@@ -118,10 +118,20 @@ class App:
         self.chat, self._chat_number = chat, number
         self.view = ChatView(self.root, chat, self.jobs, log_out=self.log_out, quit=self.quit)
         self.view.pack(fill="both", expand=True)
-        self.root.title(f"authchat: {escape(chat.username)} @ {escape(chat.options.host)}")
+        title = f"authchat: {escape(chat.username)} @ {escape(chat.options.host)}"
+        # Until the input box is mapped it cannot hold the focus, and a key
+        # typed meanwhile is lost: the window says it is logged in only once
+        # the box is shown and focused, so what is typed after the new title
+        # appears reaches it.
+        self.view.entry.bind("<Map>", partial(self._chat_shown, self.view, title))
         for event in [welcome, *self._early]:
             self.view.show(event)
         self._early = []
+
+    def _chat_shown(self, view: ChatView, title: str, _event: object) -> None:
+        view.entry.unbind("<Map>")
+        view.entry.focus_set()
+        self.root.title(title)
 
     def _not_logged_in(self, number: int, error: Exception) -> None:
         self._connecting = None
